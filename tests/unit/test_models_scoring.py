@@ -1,0 +1,93 @@
+"""Tiny-model factory, tokenizer compatibility check, prompt formatting and sampled-token scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlad_core.models import (
+    TINY_SIZES,
+    TokenizerMismatch,
+    build_char_tokenizer,
+    build_tiny_model,
+    check_tokenizers_compatible,
+    encode_prompts,
+    format_prompt,
+    load_model,
+    load_tokenizer,
+    save_tiny_model,
+)
+from rlad_core.scoring import completion_logprobs, score_in_chunks
+
+
+def test_char_tokenizer_round_trips_and_is_deterministic():
+    a, b = build_char_tokenizer(), build_char_tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    text = "Ann says: \"Bob is a knave.\"\n12+34=46"
+    ids = a(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and a.decode(ids) == text
+    assert a(text)["input_ids"][0] == a.bos_token_id
+
+
+def test_saved_tiny_model_loads_and_same_seed_same_weights(tmp_path):
+    d1 = save_tiny_model(tmp_path / "a", "micro", seed=3)
+    d2 = save_tiny_model(tmp_path / "b", "micro", seed=3)
+    m1, m2 = load_model(str(d1)), load_model(str(d2))
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p, q)
+    tok = load_tokenizer(str(d1))
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+
+
+def test_tokenizer_mismatch_is_a_clear_error():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    student = build_char_tokenizer()
+    check_tokenizers_compatible(student, build_char_tokenizer())  # same mapping: fine
+    shuffled = {tok: len(student) - 1 - i for tok, i in student.get_vocab().items()}
+    t = Tokenizer(models.WordLevel(vocab=shuffled, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split(" ", behavior="isolated")
+    other = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    with pytest.raises(TokenizerMismatch, match="different ids.*Fix"):
+        check_tokenizers_compatible(student, other)
+
+
+def test_format_prompt_uses_chat_template_only_when_present():
+    tok = build_char_tokenizer()
+    assert format_prompt(tok, "1+1=") == "1+1="
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    assert format_prompt(tok, "1+1=") == "<user>1+1=<a>"
+    assert format_prompt(tok, "1+1=", use_chat_template=False) == "1+1="
+    ids = encode_prompts(tok, ["1+1="])[0]
+    assert tok.decode(ids) == "<user>1+1=<a>"  # no extra BOS: the template owns the special tokens
+
+
+def test_completion_logprobs_with_left_padding_match_unpadded_rows():
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, TINY_SIZES["micro"], seed=0).eval()
+    prompts = [tok("7+8=")["input_ids"], tok("123+456=")["input_ids"]]
+    completions = [[5, 6, 2], [9, 2, 0]]  # second row: EOS then a pad token
+    Lp = max(map(len, prompts))
+    ids = torch.full((2, Lp + 3), tok.pad_token_id)
+    attn = torch.zeros((2, Lp + 3), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, Lp - len(p):] = torch.tensor(p + c)
+        attn[i, Lp - len(p):] = 1
+    attn[1, -1] = 0
+    with torch.no_grad():
+        logp, ent = completion_logprobs(model, ids, attn, 3, with_entropy=True)
+        chunked = score_in_chunks(model, ids, attn, 3, chunk_size=1)
+    assert logp.shape == (2, 3) and ent.shape == (2, 3) and (ent > 0).all()
+    torch.testing.assert_close(chunked, logp)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        row = torch.tensor([p + c])
+        with torch.no_grad():
+            full = torch.log_softmax(model(row).logits[0, len(p) - 1 : -1], dim=-1)
+        expected = full.gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
+        n = 3 if i == 0 else 2  # the pad after EOS is masked and not compared
+        torch.testing.assert_close(logp[i, :n], expected[:n], atol=1e-5, rtol=1e-5)
+    # temperature divides the logits before the softmax
+    with torch.no_grad():
+        hot, _ = completion_logprobs(model, ids, attn, 3, temperature=2.0)
+    assert not torch.allclose(hot, logp)
