@@ -1,0 +1,1 @@
+"""The user's face of the RLAD platform: the `rlad` command line."""

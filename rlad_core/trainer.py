@@ -1,0 +1,512 @@
+"""The training loop of RLAD and its baselines, top to bottom.
+
+One step (shared/RLAD.md, shared/ARCHITECTURE.md):
+    sample P prompts -> G rollouts each (engine) -> rewards (task verifier) -> group advantages
+    -> old-policy / teacher / reference log-probs of the sampled tokens (no grad)
+    -> mu inner epochs over mini-batches (micro-batches with gradient accumulation, clip, AdamW)
+    -> LR schedule -> metrics; every k steps: evaluation, checkpoint.
+`sft` replaces the rollouts with reward-filtered teacher traces (or the task's reference solutions) and the
+loss with cross-entropy. The loop talks to the outside only through a `Reporter`.
+
+Steps are numbered from 1: "step s" is the state after s updates; step 0 is the initial model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlad_core import losses
+from rlad_core.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rlad_core.config import TEACHER_METHODS, TrainConfig
+from rlad_core.evaluate import evaluate
+from rlad_core.models import check_tokenizers_compatible, encode_prompts, load_model, load_tokenizer
+from rlad_core.reporting import Reporter
+from rlad_core.rollout import RolloutEngine, SamplingParams, make_engine
+from rlad_core.scoring import completion_logprobs, score_in_chunks
+from rlad_core.tasks import get_task
+from rlad_core.tasks.base import Example, Task
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run hands back."""
+
+    step: int
+    output_dir: Path
+    checkpoint: Path | None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class Batch:
+    """One step's training rows. B rows; L = prompt + completion tokens; T completion tokens."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    completion_mask: torch.Tensor  # (B, T) float
+    texts: list[str]  # decoded completions, B
+    examples: list[Example]  # the example each row answers, B
+
+    @property
+    def T(self) -> int:
+        return self.completion_mask.shape[1]
+
+    def select(self, rows: torch.Tensor) -> Batch:
+        idx = rows.tolist()
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows],
+                     [self.texts[i] for i in idx], [self.examples[i] for i in idx])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from: str | Path | None = None) -> TrainResult:
+    """Run `config` to the end (or until the reporter asks to stop). `resume_from`: a checkpoint dir or "auto"."""
+    reporter = reporter or Reporter()
+    run = _setup(config, resume_from)
+    G = config.group_size
+    result = TrainResult(step=run.start_step, output_dir=run.out_dir, checkpoint=run.resumed_from,
+                         skipped_steps=run.skipped_steps)
+    reporter.event("resumed" if run.resumed_from else "started", step=run.start_step, total_steps=config.steps,
+                   method=config.method, checkpoint=str(run.resumed_from) if run.resumed_from else None)
+    if config.eval_every and run.start_step == 0:
+        result.eval_before = _evaluate(config, run, reporter, step=0)
+
+    consecutive_nonfinite = run.consecutive_nonfinite
+    last_saved = run.start_step if run.resumed_from else -1
+    step = run.start_step
+    try:
+        for step in range(run.start_step + 1, config.steps + 1):
+            if reporter.should_stop():
+                step -= 1
+                result.stopped = True
+                break
+            t_start = time.perf_counter()
+
+            # ===== 1. sample P prompts; G rollouts each (or, for sft, reward-filtered traces) ==============
+            examples_P = _examples_for_step(run.pool, step, config.prompts_per_step, config.seed)
+            if config.method == "sft":
+                batch, sft_metrics = _sft_traces(config, run, examples_P)
+            else:
+                batch, sft_metrics = _rollouts(config, run, [e for e in examples_P for _ in range(G)]), {}
+            t_generated = time.perf_counter()
+            reporter.heartbeat(step)
+
+            # ===== 2. rewards from the verifier, group-relative advantages ===========================
+            scores = [run.task.score(text, ex) for text, ex in zip(batch.texts, batch.examples, strict=True)]
+            rewards_B = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
+            advantages_B = losses.group_advantages(rewards_B, G, eps=config.adv_eps, std=config.adv_std,
+                                                   scale=config.adv_scale) if config.method != "sft" else rewards_B
+
+            # ===== 3. score the sampled tokens: old policy, teacher, reference (no grad) =================
+            old_logp = teacher_logp = ref_logp = None
+            if len(scores) and config.method != "sft":
+                chunk = config.resolved_micro_batch_size
+                args = (batch.input_ids, batch.attention_mask, batch.T)
+                if config.needs_old_logp:
+                    old_logp = score_in_chunks(run.student, *args, chunk_size=chunk, temperature=config.temperature)
+                if config.method in TEACHER_METHODS:
+                    teacher_logp = score_in_chunks(run.teacher, *args, chunk_size=chunk, temperature=config.temperature)
+                if config.beta > 0:
+                    ref_logp = score_in_chunks(run.reference, *args, chunk_size=chunk, temperature=config.temperature)
+            t_scored = time.perf_counter()
+
+            # ===== 4. update: mu epochs x mini-batches x micro-batches =================================
+            update = _update(config, run, batch, advantages_B, old_logp, teacher_logp, ref_logp, step)
+            run.scheduler.step()
+            run.engine.update_weights(run.student)
+            t_updated = time.perf_counter()
+            reporter.heartbeat(step)
+
+            if update["skipped"]:
+                consecutive_nonfinite += 1
+                result.skipped_steps += 1
+                reporter.event("step_skipped", step=step, consecutive=consecutive_nonfinite, reason="non-finite loss or gradient")
+                if consecutive_nonfinite >= config.max_consecutive_nonfinite:
+                    raise NonFiniteError(
+                        f"{consecutive_nonfinite} consecutive steps had a non-finite loss or gradient (last: step {step}); "
+                        "the run stops here and earlier checkpoints are intact. Fix: lower lr, enable grad_clip, "
+                        "or use float32 (dtype)")
+            else:
+                consecutive_nonfinite = 0
+
+            # ===== 5. log ====================================================================================
+            lengths = batch.completion_mask.sum(1)
+            n_tokens = float(lengths.sum())
+            step_time = t_updated - t_start
+            rewards_PG = rewards_B.reshape(-1, G) if config.method != "sft" else rewards_B.reshape(1, -1)
+            metrics = {
+                "reward_mean": float(rewards_B.mean()) if len(scores) else 0.0,
+                "reward_std": float(rewards_B.std(correction=0)) if len(scores) else 0.0,
+                "accuracy": sum(s.correct for s in scores) / max(1, len(scores)),
+                "format_rate": sum(s.formatted for s in scores) / max(1, len(scores)),
+                "frac_zero_std_groups": float((rewards_PG == rewards_PG[:, :1]).all(1).float().mean()) if len(scores) else 1.0,
+                "response_length_mean": float(lengths.mean()) if len(scores) else 0.0,
+                "response_length_max": float(lengths.max()) if len(scores) else 0.0,
+                "lr": run.scheduler.get_last_lr()[0],
+                "tokens_per_s": n_tokens / step_time if step_time > 0 else 0.0,
+                "time/generate": t_generated - t_start,
+                "time/score": t_scored - t_generated,
+                "time/update": t_updated - t_scored,
+                "time/step": step_time,
+                "skipped_steps": float(result.skipped_steps),
+                **sft_metrics,
+                **{k: v for k, v in update.items() if k != "skipped"},
+            }
+            reporter.metrics(step, metrics)
+            result.last_metrics = metrics
+            if config.log_samples:
+                reporter.samples(step, [
+                    {"prompt": ex.prompt, "completion": text, "reward": s.reward, "correct": s.correct}
+                    for ex, text, s in list(zip(batch.examples, batch.texts, scores, strict=True))[: config.log_samples]
+                ])
+
+            # ===== 6. evaluate and checkpoint ==============================================================
+            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                result.eval_after = _evaluate(config, run, reporter, step=step)
+            if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                result.checkpoint = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
+                last_saved = step
+    finally:
+        result.step = step
+
+    if result.stopped:
+        if step > 0 and last_saved != step:
+            result.checkpoint = _checkpoint(config, run, reporter, step, result.last_metrics, result.skipped_steps, consecutive_nonfinite)
+        reporter.event("stopped", step=step)
+    else:
+        reporter.event("finished", step=step, checkpoint=str(result.checkpoint) if result.checkpoint else None)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Step phases
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rollouts(config: TrainConfig, run: _Run, examples_B: list[Example]) -> Batch:
+    """G completions per prompt from the student (examples_B is grouped: prompt i // G)."""
+    prompt_ids = _encode(run, examples_B, config)
+    r = run.engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
+    texts = _decode(run.tokenizer, r.completion_ids, r.completion_mask)
+    return Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B)
+
+
+def _sft_traces(config: TrainConfig, run: _Run, examples_P: list[Example]) -> tuple[Batch, dict[str, float]]:
+    """Offline-distillation rows: teacher samples (G per prompt, kept if the verifier accepts them, when
+    sft_filter="correct") or the task's reference solutions (one per prompt; then a step reads B prompts)."""
+    if config.sft_source == "reference":
+        completions = [run.task.solution(e) for e in examples_P]
+        return _pack(run, config, examples_P, completions), {"sft_kept_frac": 1.0}
+    examples_B = [e for e in examples_P for _ in range(config.group_size)]
+    prompt_ids = _encode(run, examples_B, config)
+    r = run.teacher_engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
+    texts = _decode(run.tokenizer, r.completion_ids, r.completion_mask)
+    keep = [i for i, (t, e) in enumerate(zip(texts, examples_B, strict=True))
+            if config.sft_filter == "none" or run.task.score(t, e).correct]
+    batch = Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B).select(torch.tensor(keep, dtype=torch.long))
+    return batch, {"sft_kept_frac": len(keep) / len(examples_B)}
+
+
+def _update(
+    config: TrainConfig,
+    run: _Run,
+    batch: Batch,
+    advantages_B: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    teacher_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    step: int,
+) -> dict[str, Any]:
+    """mu epochs over the batch; one optimizer step per mini-batch; gradients accumulated over micro-batches."""
+    B = batch.input_ids.shape[0]
+    stats = _MetricAccumulator()
+    skipped = False
+    if B == 0:
+        return {"skipped": False, "sft_empty_batch": 1.0}
+    mask = batch.completion_mask
+    n_mini = max(1, B // config.resolved_mini_batch_size)
+    mini = B // n_mini
+    micro = min(config.resolved_micro_batch_size, mini)
+    for epoch in range(config.inner_epochs):
+        order = torch.randperm(B) if n_mini > 1 else torch.arange(B)  # (B,)
+        for mini_rows in order.split(mini):
+            run.optimizer.zero_grad(set_to_none=True)
+            finite = True
+            for rows in mini_rows.split(micro):
+                logp, entropy = completion_logprobs(
+                    run.student, batch.input_ids[rows], batch.attention_mask[rows], batch.T,
+                    temperature=config.temperature, with_entropy=epoch == 0,
+                )
+                loss, m = _method_loss(
+                    config, step, logp, mask[rows], advantages_B[rows],
+                    old_logp[rows] if old_logp is not None else logp.detach(),
+                    teacher_logp[rows] if teacher_logp is not None else None,
+                    ref_logp[rows] if ref_logp is not None else None,
+                )
+                weight = losses.microbatch_weight(mask[rows], mask[mini_rows], config.aggregation
+                                                  if config.method != "sft" else "token-mean")
+                finite &= bool(torch.isfinite(loss))
+                (loss * weight).backward()
+                if entropy is not None:
+                    m["entropy"] = float((entropy * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
+                stats.add(m, weight)
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip or float("inf"))
+            stats.add({"grad_norm": float(grad_norm)}, 1.0 / n_mini / config.inner_epochs)
+            if not finite or not torch.isfinite(grad_norm):
+                # skip the optimizer step: a NaN/inf would poison the weights and AdamW's moments
+                run.optimizer.zero_grad(set_to_none=True)
+                skipped = True
+                continue
+            run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"skipped": skipped, **stats.result()}
+
+
+def _method_loss(
+    config: TrainConfig,
+    step: int,
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logp: torch.Tensor,
+    teacher_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured method's loss from `rlad_core.losses` (the only place the math lives)."""
+    clip = {"eps_low": config.eps_low, "eps_high": config.eps_high, "aggregation": config.aggregation}
+    if config.method == "grpo":
+        return losses.grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, beta=config.beta, **clip)
+    if config.method == "rlad":
+        return losses.trrd_loss(logp, old_logp, teacher_logp, advantages, mask, alpha=config.alpha,
+                                teacher_clamp=config.teacher_clamp, ref_logp=ref_logp, beta=config.beta, **clip)
+    if config.method == "kdrl":
+        return losses.kdrl_loss(logp, old_logp, teacher_logp, advantages, mask, coef=_kdrl_coef(config, step),
+                                estimator=config.kdrl_estimator, **clip)
+    if config.method == "opd":
+        return losses.opd_loss(logp, old_logp, teacher_logp, mask, **clip)
+    return losses.sft_loss(logp, mask)
+
+
+def _kdrl_coef(config: TrainConfig, step: int) -> float:
+    """gamma, linearly annealed from kdrl_coef to kdrl_coef_final over the run when the latter is set."""
+    if config.kdrl_coef_final is None or config.steps == 1:
+        return config.kdrl_coef
+    frac = (step - 1) / (config.steps - 1)
+    return config.kdrl_coef + frac * (config.kdrl_coef_final - config.kdrl_coef)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plumbing: set-up, data order, evaluation, checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything built from the config for one run (heavy objects live here, never in the config)."""
+
+    task: Task
+    tokenizer: Any
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    reference: torch.nn.Module | None
+    engine: RolloutEngine
+    teacher_engine: RolloutEngine | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    params: list[torch.nn.Parameter]
+    pool: list[Example]
+    eval_examples: list[Example]
+    out_dir: Path
+    start_step: int = 0
+    resumed_from: Path | None = None
+    skipped_steps: int = 0
+    consecutive_nonfinite: int = 0
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _build_engine(name: str, model: torch.nn.Module, tokenizer: Any) -> RolloutEngine:
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if name == "auto":
+        try:
+            return make_engine("fast", model, **ids)
+        except ValueError:  # architecture the fast engine does not implement
+            return make_engine("hf", model, **ids)
+    return make_engine(name, model, **ids)
+
+
+def _lr_lambda(config: TrainConfig):
+    def factor(step: int) -> float:  # step = number of scheduler.step() calls so far
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "constant":
+            return 1.0
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        shape = 1.0 - progress if config.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape
+    return factor
+
+
+def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _resolve_device(config.device)
+    out_dir = config.resolved_output_dir
+    ckpt_root = out_dir / "checkpoints"
+    resume_path = latest_checkpoint(ckpt_root) if resume_from == "auto" else (Path(resume_from) if resume_from else None)
+    state = load_trainer_state(resume_path) if resume_path else None  # verifies the manifest first
+
+    task = get_task(config.task.name, **config.task.model_dump(exclude={"name"}))
+    tokenizer = load_tokenizer(config.student)
+    teacher = reference = None
+    if config.needs_teacher:
+        check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
+        teacher = load_model(config.teacher, dtype=config.dtype, device=device).eval().requires_grad_(False)
+    student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
+    student.train()
+    if config.beta > 0:
+        reference = load_model(config.reference or config.student, dtype=config.dtype, device=device).eval().requires_grad_(False)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay,
+                                  fused=device.startswith("cuda") or device == "cpu")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    pool = task.examples(min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train")
+    eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
+
+    run = _Run(task=task, tokenizer=tokenizer, student=student, teacher=teacher, reference=reference,
+               engine=_build_engine(config.engine, student, tokenizer),
+               teacher_engine=_build_engine(config.engine, teacher, tokenizer) if teacher is not None and config.method == "sft" else None,
+               optimizer=optimizer, scheduler=scheduler, params=params, pool=pool, eval_examples=eval_examples,
+               out_dir=out_dir)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        run.start_step, run.resumed_from = state["step"], resume_path
+        run.skipped_steps, run.consecutive_nonfinite = state["skipped_steps"], state["consecutive_nonfinite"]
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+    return run
+
+
+def _examples_for_step(pool: Sequence[Example], step: int, n: int, seed: int) -> list[Example]:
+    """The n prompts of a step: positions (step-1)*n .. step*n-1 of the pool read in seeded epochs.
+
+    A pure function of (step, seed), so resuming needs no data-loader state: the data position is the step.
+    """
+    out, orders = [], {}
+    for pos in range((step - 1) * n, step * n):
+        epoch, i = divmod(pos, len(pool))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(pool)))
+            random.Random(seed * 1_000_003 + epoch).shuffle(orders[epoch])
+        out.append(pool[orders[epoch][i]])
+    return out
+
+
+def _encode(run: _Run, examples: Sequence[Example], config: TrainConfig) -> list[list[int]]:
+    unique: dict[str, list[int]] = {}
+    for e in examples:
+        if e.prompt not in unique:
+            unique[e.prompt] = encode_prompts(run.tokenizer, [e.prompt], use_chat_template=config.use_chat_template)[0]
+    return [unique[e.prompt] for e in examples]
+
+
+def _decode(tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(row[m > 0].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask, strict=True)]
+
+
+def _pack(run: _Run, config: TrainConfig, examples: list[Example], completions: list[str]) -> Batch:
+    """Left-padded prompts + right-padded completions (each ending in EOS) as one batch."""
+    tok = run.tokenizer
+    prompts = _encode(run, examples, config)
+    comps = [tok(c, add_special_tokens=False)["input_ids"][: config.max_new_tokens - 1] + [tok.eos_token_id] for c in completions]
+    Lp, T = max(map(len, prompts)), max(map(len, comps))
+    ids = torch.full((len(prompts), Lp + T), tok.pad_token_id, dtype=torch.long)  # (B, L)
+    attn = torch.zeros((len(prompts), Lp + T), dtype=torch.long)  # (B, L)
+    for i, (p, c) in enumerate(zip(prompts, comps, strict=True)):
+        ids[i, Lp - len(p): Lp] = torch.tensor(p)
+        ids[i, Lp: Lp + len(c)] = torch.tensor(c)
+        attn[i, Lp - len(p): Lp + len(c)] = 1
+    return Batch(ids, attn, attn[:, Lp:].float(), completions, examples)
+
+
+class _MetricAccumulator:
+    """Weighted means over micro-batches; min/max for the ratio extremes."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.extremes: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], weight: float) -> None:
+        for k, v in metrics.items():
+            if k == "ratio_min":
+                self.extremes[k] = min(self.extremes.get(k, math.inf), v)
+            elif k == "ratio_max":
+                self.extremes[k] = max(self.extremes.get(k, -math.inf), v)
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + weight * v
+                self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {**{k: s / self.weights[k] for k, s in self.sums.items() if self.weights[k]}, **self.extremes}
+
+
+def _evaluate(config: TrainConfig, run: _Run, reporter: Reporter, *, step: int) -> dict[str, float]:
+    res = evaluate(run.engine, run.tokenizer, run.task, run.eval_examples, max_new_tokens=config.max_new_tokens,
+                   temperature=config.temperature, top_p=config.top_p, pass_k=config.eval_pass_k,
+                   use_chat_template=config.use_chat_template, seed=config.seed + step)
+    reporter.metrics(step, res.metrics)
+    reporter.event("eval_completed", step=step, **{k.removeprefix("eval/"): v for k, v in res.metrics.items()
+                                                   if "/" not in k.removeprefix("eval/")})
+    reporter.samples(step, [{**s, "eval": True} for s in res.samples])
+    return res.metrics
+
+
+def _checkpoint(config: TrainConfig, run: _Run, reporter: Reporter, step: int, metrics: dict[str, float],
+                skipped: int, consecutive_nonfinite: int) -> Path:
+    state = {"step": step, "data_position": step * config.prompts_per_step, "optimizer": run.optimizer.state_dict(),
+             "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": config.to_json_dict(),
+             "skipped_steps": skipped, "consecutive_nonfinite": consecutive_nonfinite}
+    root = run.out_dir / "checkpoints"
+    path = save_checkpoint(root, step, model=run.student, tokenizer=run.tokenizer, trainer_state=state,
+                           metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+    if config.keep_checkpoints:
+        prune_checkpoints(root, config.keep_checkpoints)
+    reporter.checkpoint(step, path, metrics)
+    reporter.event("checkpoint_saved", step=step, path=str(path))
+    return path
