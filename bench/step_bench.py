@@ -4,14 +4,14 @@ Fixed config: student "small" (~3.2M parameters, character-level Llama), teacher
 8 prompts x 8 rollouts x 32 new tokens (2-digit addition prompts), fp32, 2 threads, one optimizer step per
 rollout batch (mu = 1), temperature 1, top-p 1, lr 1e-5.
 
-Measured (median over steps 3..N of one run each, after the same warm-up):
+Measured (median over steps 3..N of each run; grpo and rlad runs alternate for --rounds rounds):
   ours         rlad_core.trainer.train(): time/generate, time/score, time/update and the whole step
   floor        plain `model.generate` + one forward/backward with a policy-gradient-shaped loss + one fused
                AdamW step (+ one no-grad teacher forward over the batch for rlad), no framework around them
   TRL          shared/bench/trl_grpo_baseline.py in a separate environment with `trl` (optional, --trl-python)
 
 Usage:
-  python bench/step_bench.py [--steps 12] [--json docs/step_bench.json] [--trl-python /path/to/trl-venv/bin/python
+  python bench/step_bench.py [--steps 12] [--rounds 3] [--json docs/step_bench.json] [--trl-python /path/to/trl-venv/bin/python
                               --trl-script ../shared/bench/trl_grpo_baseline.py]
 """
 
@@ -93,7 +93,8 @@ def measure_floor(student_dir: Path, teacher_dir: Path, reps: int) -> dict[str, 
             "floor_grpo_s": floor_grpo, "floor_rlad_s": floor_grpo + teacher_s, "new_tokens": T}
 
 
-def measure_ours(method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str) -> dict[str, float]:
+def run_ours(method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str) -> list[dict[str, float]]:
+    """Per-step metrics of steps 3..N of one training run."""
     config = TrainConfig(
         method=method, student=str(student_dir), teacher=str(teacher_dir) if method != "grpo" else None,
         task={"name": "arithmetic", "levels": [2]}, steps=steps, batch_size=P * G, group_size=G,
@@ -102,9 +103,13 @@ def measure_ours(method: str, student_dir: Path, teacher_dir: Path, steps: int, 
     )
     rep = MemoryReporter()
     train(config, reporter=rep)
-    rows = [m for _, m in sorted(rep.train_metrics().items())][2:]  # steps 3..N
+    return [m for _, m in sorted(rep.train_metrics().items())][2:]
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in rows) for k in ("time/generate", "time/score", "time/update", "time/step")}
     med["response_length_mean"] = statistics.median(r["response_length_mean"] for r in rows)
+    med["steps_measured"] = len(rows)
     return med
 
 
@@ -123,7 +128,8 @@ def measure_trl(python: str, script: str, model_dir: Path, out_dir: Path) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=12, help="steps per run (the first two are warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating grpo/rlad runs per method")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--json", default=None)
@@ -139,8 +145,12 @@ def main() -> None:
     res: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                               "python": platform.python_version(), "engine": a.engine, "steps": a.steps}
     res["floor"] = measure_floor(student_dir, teacher_dir, a.reps)
-    res["grpo"] = measure_ours("grpo", student_dir, teacher_dir, a.steps, work, a.engine)
-    res["rlad"] = measure_ours("rlad", student_dir, teacher_dir, a.steps, work, a.engine)
+    # grpo and rlad alternate over several rounds, so that drift of this noisy machine hits both alike
+    rows: dict[str, list[dict[str, float]]] = {"grpo": [], "rlad": []}
+    for _ in range(a.rounds):
+        for method in rows:
+            rows[method] += run_ours(method, student_dir, teacher_dir, a.steps, work, a.engine)
+    res["grpo"], res["rlad"] = summarize(rows["grpo"]), summarize(rows["rlad"])
     if a.trl_python and a.trl_script:
         res["trl"] = measure_trl(a.trl_python, a.trl_script, student_dir, work)
 

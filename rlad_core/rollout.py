@@ -18,6 +18,7 @@ forward over prompt + completion with those positions (`scoring.completion_logpr
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -210,13 +211,15 @@ class HFEngine:
         self.eos_ids = _eos_list(eos_token_id)
         self.pad_id = int(pad_token_id)
 
-    def _neutral_generation_kwargs(self) -> dict[str, Any]:
-        """Switch off processors a checkpoint's generation_config may turn on (HF fills unset generate() arguments
-        from it), so that the sampled distribution is softmax(logits / T) restricted to the top-p nucleus."""
-        kwargs: dict[str, Any] = {
-            "top_k": 0, "typical_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-            "min_length": 0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-        }
+    def _generation_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        """Sampling arguments, plus neutral values for the processors a checkpoint's generation_config may turn on
+        (HF fills every unset generate() argument from it), so that the sampled distribution is exactly
+        softmax(logits / T) restricted to the top-p nucleus (greedy: argmax of the raw logits)."""
+        kwargs: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
+        if params.greedy:
+            return {**kwargs, "do_sample": False}
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, typical_p=1.0,
+                      epsilon_cutoff=0.0, eta_cutoff=0.0)
         if getattr(getattr(self.model, "generation_config", None), "min_p", None) is not None:
             kwargs["min_p"] = 0.0
         return kwargs
@@ -224,8 +227,6 @@ class HFEngine:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollouts:
         device = next(self.model.parameters()).device
         ids, mask = _left_pad(prompt_ids, self.pad_id, device)
-        sampling = {"do_sample": False} if params.greedy else {
-            "do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -233,8 +234,7 @@ class HFEngine:
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
                     eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
-                    output_scores=True, return_dict_in_generate=True,
-                    **sampling, **self._neutral_generation_kwargs(),
+                    output_scores=True, return_dict_in_generate=True, **self._generation_kwargs(params),
                 )
         finally:
             self.model.train(was_training)
@@ -269,9 +269,9 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """HF `x * cos + rotate_half(x) * sin`, with rotate_half(x) * sin == roll(x, D/2) * sin_signed."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed, out=out)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
 
 def _cat_bias(mods: Sequence[torch.nn.Linear]) -> torch.Tensor | None:
@@ -312,9 +312,8 @@ class _LlamaFamilyDecoder:
 
     Reproduces the HF forward (RMSNorm, RoPE with the model's own inverse frequencies, GQA, optional q/k/v
     biases and Qwen3 q/k norms, SiLU-gated MLP, tied or untied lm_head) with a fraction of the Python and
-    dispatch work: fused q/k/v and gate/up matmuls, residual adds folded into addmm, RoPE'd keys written
-    straight into the cache, and attention as two batched matmuls per layer with GQA handled by grouping the
-    query heads of each KV head (no repeated K/V). `begin` resolves the weights from the modules and
+    dispatch work: fused q/k/v and gate/up matmuls, residual adds folded into addmm, and attention as two
+    batched matmuls per layer, with GQA handled by grouping the query heads of each KV head (no repeated K/V). `begin` resolves the weights from the modules and
     allocates the cache; `prefill` and `step` return the next-token logits (B, V) in fp32.
     """
 
@@ -425,7 +424,7 @@ class _LlamaFamilyDecoder:
         """Feed one token per row, tokens (B,) -> next-token logits (B, V)."""
         pos = self.next_pos[:, None]  # (B, 1)
         self.next_pos = self.next_pos + 1
-        return self._forward(tokens[:, None], pos, self.key_bias[:, :, : self.cur_len + 1])  # (B Hkv, 1, S)
+        return self._forward(tokens[:, None], pos, self.key_bias[:, :, : self.cur_len + 1])  # bias (B Hkv, 1, S)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """ids (B, L) at positions pos (B, L), written to cache slots [cur_len, cur_len + L), attending to slots
@@ -443,8 +442,7 @@ class _LlamaFamilyDecoder:
             if w.q_norm is not None:
                 q, k = _rms_norm(q, w.q_norm, self.eps), _rms_norm(k, w.k_norm, self.eps)
             q = _rope(q, cos, sin)  # (B, L, Hq, D)
-            k_slot = self.k_cache[i].view(B, Hkv, -1, D)[:, :, s0:s1].transpose(1, 2)  # (B, L, Hkv, D) cache view
-            _rope(k, cos, sin, out=k_slot)
+            self.k_cache[i].view(B, Hkv, -1, D)[:, :, s0:s1] = _rope(k, cos, sin).transpose(1, 2)
             self.v_cache[i].view(B, Hkv, -1, D)[:, :, s0:s1] = v.transpose(1, 2)
             q = q.transpose(1, 2).reshape(B * Hkv, G * L, D)  # a view when L == 1
             scores = torch.baddbmm(bias, q, self.k_cache[i][:, :s1].transpose(1, 2), alpha=self.scaling)
@@ -461,10 +459,14 @@ class _LlamaFamilyDecoder:
 class FastEngine:
     """Sampling loop over a compact Llama-family forward with a preallocated KV cache.
 
-    Same distribution as `HFEngine` (and, for the same logits, the same RNG use: one `torch.multinomial` over
-    the batch per step), several times less Python work per step. The weights are read from the HF modules at
-    the start of every `generate` call, so `update_weights` has nothing to do. Raises `ValueError` for models it
-    does not implement (the trainer's engine "auto" then falls back to "hf").
+    Same distribution as `HFEngine` and, for the same logits, the same random numbers (the draw of
+    `torch.multinomial`, one (B, V) exponential sample per step), with far less Python and dispatch work per
+    step. The weights are read from the HF modules at the start of every `generate` call, so `update_weights`
+    has nothing to do. Raises `ValueError` for models it does not implement (the trainer's engine "auto" then
+    falls back to "hf").
+
+    No torch.compile: on the 2-core CPU benchmark an inductor-compiled decode step was slower (dynamic shapes)
+    or within noise (static-shape cache) after a 17-80 s compile; see docs/engine_bench.md.
     """
 
     def __init__(self, model: torch.nn.Module, *, eos_token_id: int | Sequence[int], pad_token_id: int) -> None:
@@ -512,7 +514,13 @@ class FastEngine:
 
 
 class VLLMEngine:
-    """vLLM on a GPU worker. vllm is imported here, never at module import (it is not part of the CPU set-up)."""
+    """vLLM on a GPU worker (requirements/gpu.txt, a separate environment from the CPU set-up).
+
+    vllm is imported in the constructor only, never at module import. Sampling log-probs: vLLM's V1 engine returns
+    raw log-probs (before temperature / top-p) unless `logprobs_mode="processed_logprobs"`, which is passed by
+    default; vLLM versions without that option (before 0.10.2) get a warning, and their `sample_logp` is then the
+    raw model log-prob (equal to the sampling one only at temperature 1, top-p 1).
+    """
 
     def __init__(
         self,
@@ -532,46 +540,51 @@ class VLLMEngine:
         self._vllm = vllm
         self.eos_ids = _eos_list(eos_token_id)
         self.pad_id = int(pad_token_id)
-        self.llm = vllm.LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                            seed=seed, **llm_kwargs)
+        kwargs = {"model": model_path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
+                  "seed": seed, **llm_kwargs}
+        try:
+            self.llm = vllm.LLM(**{"logprobs_mode": "processed_logprobs", **kwargs})
+        except TypeError:  # vLLM < 0.10.2 has no logprobs_mode
+            warnings.warn("this vLLM has no logprobs_mode: sample_logp will be raw model log-probs",
+                          RuntimeWarning, stacklevel=2)
+            self.llm = vllm.LLM(**kwargs)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollouts:
+        ids, mask = _left_pad(prompt_ids, self.pad_id, torch.device("cpu"))
         vp = self._vllm.SamplingParams(
             n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            logprobs=0, stop_token_ids=self.eos_ids,
+            logprobs=0, stop_token_ids=self.eos_ids, detokenize=False,
         )
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], vp, use_tqdm=False)
-        ids, mask = _left_pad(prompt_ids, self.pad_id, torch.device("cpu"))
         comps = [o.outputs[0] for o in outs]
-        T = max(1, max(len(c.token_ids) for c in comps))
+        lengths = torch.tensor([len(c.token_ids) for c in comps])  # (B,)
+        T = int(lengths.max())
         tokens = torch.full((len(comps), T), self.pad_id, dtype=torch.long)  # (B, T)
         logp = torch.zeros((len(comps), T), dtype=torch.float32)  # (B, T)
         for i, c in enumerate(comps):
-            toks = list(c.token_ids)
-            tokens[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            # logprobs=0 returns, per position, a dict that holds (at least) the sampled token's entry.
-            logp[i, : len(toks)] = torch.tensor([lp[t].logprob for t, lp in zip(toks, c.logprobs or [], strict=False)]
-                                                 or [0.0] * len(toks))
+            n = len(c.token_ids)
+            tokens[i, :n] = torch.tensor(list(c.token_ids), dtype=torch.long)
+            # logprobs=0: per position, a {token id: Logprob} dict holding the sampled token
+            logp[i, :n] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs, strict=True)])
         rollouts = _finish(ids, mask, tokens, logp, torch.tensor(self.eos_ids), self.pad_id)
-        # A row that stopped early without EOS (length limit of another row) is shorter than T: mask the rest.
-        lengths = torch.tensor([len(c.token_ids) for c in comps])  # (B,)
-        within = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+        # A row that ended without an EOS token in its output (a stop vLLM strips) is shorter than T.
+        within = (torch.arange(T)[None, :] < lengths[:, None]).float()  # (B, T)
         rollouts.completion_mask = rollouts.completion_mask * within
-        rollouts.sample_logp = rollouts.sample_logp.masked_fill(~within, 0.0)
+        rollouts.sample_logp = rollouts.sample_logp * within
         return rollouts
 
     def update_weights(self, model: torch.nn.Module) -> None:
-        """Load the trained weights into the vLLM worker (best effort: the path to the worker's model changes
-        between vLLM versions; this follows the V0 / single-process layout used by TRL)."""
-        state = ((name, p.detach()) for name, p in model.state_dict().items())
-        engine = self.llm.llm_engine
-        executor = getattr(engine, "model_executor", None)
-        if executor is not None and hasattr(executor, "driver_worker"):
-            executor.driver_worker.model_runner.model.load_weights(state)
-        else:  # newer vLLM: run on every worker through collective_rpc
-            self.llm.collective_rpc(lambda self_: self_.model_runner.model.load_weights(state))
+        """Load the trained weights into vLLM's model. Best effort and version-dependent: `LLM.apply_model`
+        where it exists (recent vLLM; with V1 multiprocessing the weights are pickled to the engine process, so
+        set VLLM_ENABLE_V1_MULTIPROCESSING=0 to share the process), else the V0 driver-worker path that TRL
+        used. The prefix cache is reset, as its KV blocks were computed by the old weights."""
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        if hasattr(self.llm, "apply_model"):
+            self.llm.apply_model(lambda m: m.load_weights(weights))
+        else:
+            self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
         if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+            self.llm.reset_prefix_cache()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ def completion_logprobs(
     return logp, entropy
 
 
-@torch.no_grad()
 def score_in_chunks(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -64,12 +63,18 @@ def score_in_chunks(
     chunk_size: int,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """`completion_logprobs` without gradient over row chunks of at most `chunk_size`: (B, L) -> (B, T)."""
-    parts = [
-        completion_logprobs(
-            model, input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size],
-            num_completion_tokens, temperature=temperature,
-        )[0]
-        for i in range(0, input_ids.shape[0], chunk_size)
-    ]
-    return torch.cat(parts, dim=0)
+    """`completion_logprobs` without gradient over row chunks of at most `chunk_size`: (B, L) -> (B, T).
+
+    Runs under `inference_mode` (no autograd bookkeeping at all); the result is cloned out of it so that the
+    loss may use it next to tensors that carry gradients.
+    """
+    with torch.inference_mode():
+        parts = [
+            completion_logprobs(
+                model, input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size],
+                num_completion_tokens, temperature=temperature,
+            )[0]
+            for i in range(0, input_ids.shape[0], chunk_size)
+        ]
+        out = torch.cat(parts, dim=0)
+    return out.clone()

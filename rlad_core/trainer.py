@@ -159,15 +159,11 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             lengths = batch.completion_mask.sum(1)
             n_tokens = float(lengths.sum())
             step_time = t_updated - t_start
-            rewards_PG = rewards_B.reshape(-1, G) if config.method != "sft" else rewards_B.reshape(1, -1)
             metrics = {
-                "reward_mean": float(rewards_B.mean()) if len(scores) else 0.0,
-                "reward_std": float(rewards_B.std(correction=0)) if len(scores) else 0.0,
-                "accuracy": sum(s.correct for s in scores) / max(1, len(scores)),
-                "format_rate": sum(s.formatted for s in scores) / max(1, len(scores)),
-                "frac_zero_std_groups": float((rewards_PG == rewards_PG[:, :1]).all(1).float().mean()) if len(scores) else 1.0,
-                "response_length_mean": float(lengths.mean()) if len(scores) else 0.0,
-                "response_length_max": float(lengths.max()) if len(scores) else 0.0,
+                # for sft the rows are the training traces, not the student's samples: no reward metrics
+                **(_reward_metrics(rewards_B, scores, G) if config.method != "sft" else {}),
+                "response_length_mean": float(lengths.mean()) if len(lengths) else 0.0,
+                "response_length_max": float(lengths.max()) if len(lengths) else 0.0,
                 "lr": run.scheduler.get_last_lr()[0],
                 "tokens_per_s": n_tokens / step_time if step_time > 0 else 0.0,
                 "time/generate": t_generated - t_start,
@@ -311,6 +307,18 @@ def _method_loss(
     if config.method == "opd":
         return losses.opd_loss(logp, old_logp, teacher_logp, mask, **clip)
     return losses.sft_loss(logp, mask)
+
+
+def _reward_metrics(rewards_B: torch.Tensor, scores: Sequence[Any], G: int) -> dict[str, float]:
+    """Reward mean/std, accuracy, format rate and the share of groups whose rewards are all equal (A = 0)."""
+    rewards_PG = rewards_B.reshape(-1, G)  # (P, G)
+    return {
+        "reward_mean": float(rewards_B.mean()),
+        "reward_std": float(rewards_B.std(correction=0)),
+        "accuracy": sum(s.correct for s in scores) / len(scores),
+        "format_rate": sum(s.formatted for s in scores) / len(scores),
+        "frac_zero_std_groups": float((rewards_PG == rewards_PG[:, :1]).all(1).float().mean()),
+    }
 
 
 def _kdrl_coef(config: TrainConfig, step: int) -> float:

@@ -153,6 +153,17 @@ def test_sample_logp_equals_scoring_logprobs_at_temperature(models, arch, engine
     assert (r.sample_logp[r.completion_mask.bool()] < 0).all()
 
 
+def test_hf_engine_ignores_sampling_defaults_of_the_checkpoint_generation_config():
+    """A checkpoint's generation_config (top_k, repetition penalty, ...) must not change the distribution."""
+    model = _build("tiny-llama")
+    model.generation_config.update(top_k=2, repetition_penalty=1.8, min_p=0.3, do_sample=True, temperature=0.2)
+    torch.manual_seed(6)
+    r = _engines(model)["hf"].generate(PROMPTS * 4, SamplingParams(max_new_tokens=10, temperature=1.0))
+    with torch.no_grad():
+        ref, _ = completion_logprobs(model, r.input_ids, r.attention_mask, r.num_completion_tokens)
+    torch.testing.assert_close(r.sample_logp, ref * r.completion_mask, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("engine", ["hf", "fast"])
 def test_top_p_samples_only_inside_hf_nucleus_with_renormalised_logp(models, engine):
     model, temperature, top_p = models["tiny-llama"], 1.3, 0.6
