@@ -42,7 +42,12 @@ def train(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    result = _run(config, resume=resume, quiet=quiet)
+    try:
+        result = _run(config, resume=resume, quiet=quiet)
+    except (OSError, ValueError, RuntimeError) as exc:
+        # model or dataset not found, tokenizer mismatch, bad checkpoint, non-finite run: say it plainly
+        err.print(f"[red]training failed: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(1) from None
     _print_eval(result.eval_before, result.eval_after)
     console.print(f"checkpoint: [bold]{result.checkpoint}[/bold]")
 

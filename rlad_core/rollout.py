@@ -274,6 +274,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
 
+def _cat_weight_t(mods: Sequence[torch.nn.Linear]) -> torch.Tensor:
+    """The weights of linears whose outputs get concatenated, as one contiguous (in, sum of outs) matrix: one
+    matmul instead of several, and x @ W^T as a plain (non-transposed) GEMM, about 10-15% faster on CPU."""
+    return torch.cat([m.weight.t() for m in mods], dim=1)
+
+
 def _cat_bias(mods: Sequence[torch.nn.Linear]) -> torch.Tensor | None:
     """Concatenated biases of linears whose outputs get concatenated (zeros for a linear without bias)."""
     if all(m.bias is None for m in mods):
@@ -281,29 +287,34 @@ def _cat_bias(mods: Sequence[torch.nn.Linear]) -> torch.Tensor | None:
     return torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
 
 
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """residual + linear(x): one addmm instead of a matmul and an add."""
-    out = torch.addmm(residual, x, weight.t())
+def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (N, in) @ weight_t (in, out) [+ bias]."""
+    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+
+
+def _add_linear(residual: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """residual + x @ weight_t [+ bias]: one addmm instead of a matmul and an add."""
+    out = torch.addmm(residual, x, weight_t)
     return out if bias is None else out + bias
 
 
 @dataclass
 class _LayerWeights:
-    """One decoder layer's weights for one `generate` call. Norm and output weights are the module's own
-    tensors; q/k/v and gate/up are concatenated at the start of the call (one matmul each instead of 3 and 2),
-    which is a copy, so it is rebuilt every call and optimizer updates between calls are always seen."""
+    """One decoder layer's weights for one `generate` call. Norm weights and biases are the module's own tensors;
+    the matmul weights are transposed copies (q/k/v and gate/up concatenated), rebuilt at the start of every call,
+    so optimizer updates made between calls are always seen."""
 
     ln_attn: torch.Tensor  # (H,)
-    w_qkv: torch.Tensor  # ((Hq + 2 Hkv) D, H)
+    w_qkv: torch.Tensor  # (H, (Hq + 2 Hkv) D)
     b_qkv: torch.Tensor | None
     q_norm: torch.Tensor | None  # (D,) Qwen3 per-head RMSNorm weights, None otherwise
     k_norm: torch.Tensor | None  # (D,)
-    w_o: torch.Tensor  # (H, Hq D)
+    w_o: torch.Tensor  # (Hq D, H)
     b_o: torch.Tensor | None
     ln_mlp: torch.Tensor  # (H,)
-    w_gate_up: torch.Tensor  # (2 I, H)
+    w_gate_up: torch.Tensor  # (H, 2 I)
     b_gate_up: torch.Tensor | None
-    w_down: torch.Tensor  # (H, I)
+    w_down: torch.Tensor  # (I, H)
     b_down: torch.Tensor | None
 
 
@@ -382,16 +393,16 @@ class _LlamaFamilyDecoder:
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
         return _LayerWeights(
             ln_attn=layer.input_layernorm.weight,
-            w_qkv=torch.cat([m.weight for m in qkv]),
+            w_qkv=_cat_weight_t(qkv),
             b_qkv=_cat_bias(qkv),
             q_norm=attn.q_norm.weight if self.has_qk_norm else None,
             k_norm=attn.k_norm.weight if self.has_qk_norm else None,
-            w_o=attn.o_proj.weight,
+            w_o=_cat_weight_t((attn.o_proj,)),
             b_o=attn.o_proj.bias,
             ln_mlp=layer.post_attention_layernorm.weight,
-            w_gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            w_gate_up=_cat_weight_t((mlp.gate_proj, mlp.up_proj)),
             b_gate_up=_cat_bias((mlp.gate_proj, mlp.up_proj)),
-            w_down=mlp.down_proj.weight,
+            w_down=_cat_weight_t((mlp.down_proj,)),
             b_down=mlp.down_proj.bias,
         )
 
@@ -437,7 +448,7 @@ class _LlamaFamilyDecoder:
         sin = self.sin_signed[pos][:, :, None]  # (B, L, 1, D)
         h = F.embedding(ids, self.w_emb).view(B * L, -1)  # (B L, H)
         for i, w in enumerate(self.layers):
-            qkv = F.linear(_rms_norm(h, w.ln_attn, self.eps), w.w_qkv, w.b_qkv).view(B, L, Hq + 2 * Hkv, D)
+            qkv = _linear(_rms_norm(h, w.ln_attn, self.eps), w.w_qkv, w.b_qkv).view(B, L, Hq + 2 * Hkv, D)
             q, k, v = qkv.split((Hq, Hkv, Hkv), dim=2)  # (B, L, heads, D) views
             if w.q_norm is not None:
                 q, k = _rms_norm(q, w.q_norm, self.eps), _rms_norm(k, w.k_norm, self.eps)
@@ -449,7 +460,7 @@ class _LlamaFamilyDecoder:
             probs = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)  # (B Hkv, G L, S)
             o = torch.bmm(probs, self.v_cache[i][:, :s1]).view(B, Hq, L, D)
             h = _add_linear(h, o.transpose(1, 2).reshape(B * L, Hq * D), w.w_o, w.b_o)
-            gate, up = F.linear(_rms_norm(h, w.ln_mlp, self.eps), w.w_gate_up, w.b_gate_up).chunk(2, dim=-1)
+            gate, up = _linear(_rms_norm(h, w.ln_mlp, self.eps), w.w_gate_up, w.b_gate_up).chunk(2, dim=-1)
             h = _add_linear(h, F.silu(gate) * up, w.w_down, w.b_down)  # (B L, H)
         self.cur_len = s1
         last = h.view(B, L, -1)[:, -1]  # (B, H)

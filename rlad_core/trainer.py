@@ -188,6 +188,9 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 result.checkpoint = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
                 last_saved = step
+    except Exception as exc:
+        reporter.event("failed", step=step, error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         result.step = step
 

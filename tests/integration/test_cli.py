@@ -56,3 +56,13 @@ def test_validate_prints_defaults_and_tiny_model_builds(tmp_path):
     assert (out / "model.safetensors").is_file()
     bad = runner.invoke(app, ["tiny-model", str(out), "--size", "huge"])
     assert bad.exit_code == 2 and "micro" in bad.output
+
+
+def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"student": str(tmp_path / "no-such-model"), "method": "grpo", "steps": 1,
+                                    "output_dir": str(tmp_path / "run")}))
+    result = runner.invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 1
+    assert "training failed" in result.output and "no-such-model" in result.output
+    assert "Traceback" not in result.output

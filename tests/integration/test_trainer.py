@@ -116,6 +116,7 @@ def test_non_finite_steps_are_skipped_then_fail_and_checkpoints_stay_intact(tmp_
     with pytest.raises(NonFiniteError, match="2 consecutive steps"):
         train(cfg, reporter=rep, resume_from="auto")
     assert [k for k, _ in rep.events].count("step_skipped") == 2
+    assert rep.events[-1][0] == "failed" and "NonFiniteError" in rep.events[-1][1]["error"]
     ckpts = list_checkpoints(good.output_dir / "checkpoints")
     for p in ckpts:
         verify_checkpoint(p)
