@@ -136,10 +136,21 @@ class TokenizerMismatch(ValueError):
     """Teacher and student tokenize differently, so the teacher cannot score the student's tokens."""
 
 
+def _check_local(name_or_path: str) -> None:
+    """A path-like name that does not exist gets a plain error instead of the hub's repo-id message."""
+    p = Path(name_or_path)
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not p.expanduser().exists():
+        raise FileNotFoundError(
+            f"model directory {name_or_path} does not exist; fix: pass an existing directory written by "
+            "save_pretrained (or a Hugging Face model id such as Qwen/Qwen3-0.6B)")
+
+
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
     """Load a tokenizer by Hugging Face id or local directory, left-padded for generation."""
     from transformers import AutoTokenizer
 
+    _check_local(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -153,6 +164,7 @@ def load_model(name_or_path: str, *, dtype: str = "float32", device: str = "cpu"
     import torch
     from transformers import AutoModelForCausalLM
 
+    _check_local(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **kwargs)
     return model.to(device)
 
