@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rlad_core.models import encode_prompts
+from rlad_core.models import decode_completions, encode_prompts
 from rlad_core.rollout import RolloutEngine, SamplingParams
 from rlad_core.tasks.base import Example, Task
 
@@ -20,10 +20,6 @@ class EvalResult:
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _decode(tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(row[m > 0].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask, strict=True)]
 
 
 def generate_texts(
@@ -38,7 +34,7 @@ def generate_texts(
     texts: list[str] = []
     for i in range(0, len(prompt_ids), batch_size):
         r = engine.generate(prompt_ids[i : i + batch_size], params)
-        texts.extend(_decode(tokenizer, r.completion_ids, r.completion_mask))
+        texts.extend(decode_completions(tokenizer, r.completion_ids, r.completion_mask))
     return texts
 
 

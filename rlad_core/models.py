@@ -208,3 +208,8 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, use_
     # A chat template already writes BOS itself; adding special tokens again would duplicate it.
     add_special = not (use_chat_template and getattr(tokenizer, "chat_template", None))
     return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in formatted]
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, ids: Any, mask: Any) -> list[str]:
+    """Completion texts from (B, T) token ids and their mask, special tokens (EOS) removed."""
+    return [tokenizer.decode(row[m > 0].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask, strict=True)]

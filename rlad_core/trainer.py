@@ -34,7 +34,13 @@ from rlad_core.checkpoint import (
 )
 from rlad_core.config import TEACHER_METHODS, TrainConfig
 from rlad_core.evaluate import evaluate
-from rlad_core.models import check_tokenizers_compatible, encode_prompts, load_model, load_tokenizer
+from rlad_core.models import (
+    check_tokenizers_compatible,
+    decode_completions,
+    encode_prompts,
+    load_model,
+    load_tokenizer,
+)
 from rlad_core.reporting import Reporter
 from rlad_core.rollout import RolloutEngine, SamplingParams, make_engine
 from rlad_core.scoring import completion_logprobs, score_in_chunks
@@ -212,7 +218,7 @@ def _rollouts(config: TrainConfig, run: _Run, examples_B: list[Example]) -> Batc
     """G completions per prompt from the student (examples_B is grouped: prompt i // G)."""
     prompt_ids = _encode(run, examples_B, config)
     r = run.engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
-    texts = _decode(run.tokenizer, r.completion_ids, r.completion_mask)
+    texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     return Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B)
 
 
@@ -225,7 +231,7 @@ def _sft_traces(config: TrainConfig, run: _Run, examples_P: list[Example]) -> tu
     examples_B = [e for e in examples_P for _ in range(config.group_size)]
     prompt_ids = _encode(run, examples_B, config)
     r = run.teacher_engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
-    texts = _decode(run.tokenizer, r.completion_ids, r.completion_mask)
+    texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     keep = [i for i, (t, e) in enumerate(zip(texts, examples_B, strict=True))
             if config.sft_filter == "none" or run.task.score(t, e).correct]
     batch = Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B).select(torch.tensor(keep, dtype=torch.long))
@@ -454,10 +460,6 @@ def _encode(run: _Run, examples: Sequence[Example], config: TrainConfig) -> list
         if e.prompt not in unique:
             unique[e.prompt] = encode_prompts(run.tokenizer, [e.prompt], use_chat_template=config.use_chat_template)[0]
     return [unique[e.prompt] for e in examples]
-
-
-def _decode(tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(row[m > 0].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask, strict=True)]
 
 
 def _pack(run: _Run, config: TrainConfig, examples: list[Example], completions: list[str]) -> Batch:
