@@ -2,8 +2,8 @@
 
 The trainer only sees the `RolloutEngine` protocol and `make_engine`; three engines implement it:
 
-  hf     `HFEngine`: Hugging Face `model.generate`. Reference semantics, works for any causal LM, slow for small
-         models (its Python overhead per decode step dominates on CPU).
+  hf     `HFEngine`: Hugging Face `model.generate`. Reference semantics, works for any causal LM; its per-step
+         overhead (module dispatch, logits processors, a growing DynamicCache) dominates for small models.
   fast   `FastEngine`: a compact decoder forward for Llama-family architectures (Llama, Mistral without an active
          sliding window, Qwen2, Qwen3) over a preallocated KV cache, reading the weights from the HF modules
          themselves, so in-place optimizer updates are seen without any re-sync. Same distribution as `hf`.
@@ -275,8 +275,8 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
 
 
 def _cat_weight_t(mods: Sequence[torch.nn.Linear]) -> torch.Tensor:
-    """The weights of linears whose outputs get concatenated, as one contiguous (in, sum of outs) matrix: one
-    matmul instead of several, and x @ W^T as a plain (non-transposed) GEMM, about 10-15% faster on CPU."""
+    """Weights of one or more linears (outputs concatenated) as one contiguous (in, sum of outs) matrix: one
+    matmul instead of several, and x @ W^T as a plain non-transposed GEMM, about 10% faster on this CPU."""
     return torch.cat([m.weight.t() for m in mods], dim=1)
 
 
@@ -323,9 +323,10 @@ class _LlamaFamilyDecoder:
 
     Reproduces the HF forward (RMSNorm, RoPE with the model's own inverse frequencies, GQA, optional q/k/v
     biases and Qwen3 q/k norms, SiLU-gated MLP, tied or untied lm_head) with a fraction of the Python and
-    dispatch work: fused q/k/v and gate/up matmuls, residual adds folded into addmm, and attention as two
-    batched matmuls per layer, with GQA handled by grouping the query heads of each KV head (no repeated K/V). `begin` resolves the weights from the modules and
-    allocates the cache; `prefill` and `step` return the next-token logits (B, V) in fp32.
+    dispatch work: fused q/k/v and gate/up matmuls on pre-transposed weights, residual adds folded into addmm,
+    and attention as two batched matmuls per layer, with GQA handled by grouping the query heads of each KV head
+    (no repeated K/V). `begin` resolves the weights from the modules and allocates the cache; `prefill` and
+    `step` return the next-token logits (B, V) in fp32. One call at a time: the per-call state lives on `self`.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:

@@ -39,10 +39,7 @@ PAD, BOS, EOS, VOCAB = 0, 1, 2, 64
 # Left padding matters only with prompts of different lengths.
 PROMPTS = [[BOS, 5, 9, 12], [BOS, 7], [BOS, 3, 3, 8, 20, 31, 40], [BOS, 11, 60, 4], [BOS, 50, 2 + 40]]
 
-try:  # registered in pyproject.toml's markers; selected with `-m vllm`
-    VLLM_MARK = pytest.mark.vllm
-except pytest.fail.Exception:  # --strict-markers and not registered: keep the file collectable
-    VLLM_MARK = pytest.mark.skip(reason="the 'vllm' marker is not registered in pyproject.toml")
+VLLM_MARK = pytest.mark.vllm  # registered in pyproject.toml; select with `-m vllm`
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
@@ -309,6 +306,11 @@ def test_generate_restores_training_mode_and_does_not_record_gradients(engine):
     assert model.training
     assert all(not t for t in seen)  # HF ran in eval mode (FastEngine does not call the module at all)
     assert not r.sample_logp.requires_grad and not r.completion_ids.requires_grad
+    # Rollouts feed the training forward: no inference tensors (autograd cannot save them for backward).
+    assert not any(t.is_inference() for t in (r.input_ids, r.attention_mask, r.completion_mask, r.sample_logp))
+    logp, _ = completion_logprobs(model, r.input_ids, r.attention_mask, r.num_completion_tokens)
+    (logp * r.completion_mask).sum().backward()
+    assert model.lm_head.weight.grad is not None
 
 
 def test_unsupported_architectures_raise_value_error_pointing_to_hf():
