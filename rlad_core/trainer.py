@@ -127,7 +127,7 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             scores = [run.task.score(text, ex) for text, ex in zip(batch.texts, batch.examples, strict=True)]
             rewards_B = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
             advantages_B = losses.group_advantages(rewards_B, G, eps=config.adv_eps, std=config.adv_std,
-                                                   scale=config.adv_scale) if config.method != "sft" else rewards_B
+                                                   scale=config.adv_scale) if config.method != "sft" else None
 
             # ===== 3. score the sampled tokens: old policy, teacher, reference (no grad) =================
             old_logp = teacher_logp = ref_logp = None
@@ -242,7 +242,7 @@ def _update(
     config: TrainConfig,
     run: _Run,
     batch: Batch,
-    advantages_B: torch.Tensor,
+    advantages_B: torch.Tensor | None,
     old_logp: torch.Tensor | None,
     teacher_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
@@ -269,13 +269,12 @@ def _update(
                     temperature=config.temperature, with_entropy=epoch == 0,
                 )
                 loss, m = _method_loss(
-                    config, step, logp, mask[rows], advantages_B[rows],
+                    config, step, logp, mask[rows], advantages_B[rows] if advantages_B is not None else None,
                     old_logp[rows] if old_logp is not None else logp.detach(),
                     teacher_logp[rows] if teacher_logp is not None else None,
                     ref_logp[rows] if ref_logp is not None else None,
                 )
-                weight = losses.microbatch_weight(mask[rows], mask[mini_rows], config.aggregation
-                                                  if config.method != "sft" else "token-mean")
+                weight = losses.microbatch_weight(mask[rows], mask[mini_rows], _aggregation(config))
                 finite &= bool(torch.isfinite(loss))
                 (loss * weight).backward()
                 if entropy is not None:
@@ -298,7 +297,7 @@ def _method_loss(
     step: int,
     logp: torch.Tensor,
     mask: torch.Tensor,
-    advantages: torch.Tensor,
+    advantages: torch.Tensor | None,
     old_logp: torch.Tensor,
     teacher_logp: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
@@ -315,7 +314,12 @@ def _method_loss(
                                 estimator=config.kdrl_estimator, **clip)
     if config.method == "opd":
         return losses.opd_loss(logp, old_logp, teacher_logp, mask, **clip)
-    return losses.sft_loss(logp, mask)
+    return losses.sft_loss(logp, mask, aggregation=_aggregation(config))
+
+
+def _aggregation(config: TrainConfig) -> losses.Aggregation:
+    """How the method's per-token loss is reduced: sft is plain token-mean cross-entropy, the rest as configured."""
+    return "token-mean" if config.method == "sft" else config.aggregation
 
 
 def _reward_metrics(rewards_B: torch.Tensor, scores: Sequence[Any], G: int) -> dict[str, float]:
