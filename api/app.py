@@ -1,0 +1,44 @@
+"""The FastAPI application: `uvicorn api.app:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import checkpoints, datasets, health, jobs, metrics
+
+log = logging.getLogger("rlad.api")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="RLAD platform",
+        version="1",
+        summary="Submit RL-aware distillation jobs (RLAD/TRRD, GRPO, KDRL, OPD, SFT), follow them, download checkpoints.",
+        description="Every /v1 route needs `Authorization: Bearer <key>` and sees only the key's team. Errors are "
+                    "`{\"error\": {\"code\", \"message\", \"fields\": [{\"field\", \"message\"}]}}`.",
+    )
+    errors.install(app)
+    for r in (jobs.router, metrics.router, checkpoints.router, datasets.router, health.router):
+        app.include_router(r)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base_openapi()
+            # the job spec's nested models (tasks) are referenced from the request body schema
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(jobs._SPEC_DEFS)
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,86 @@
+"""Checkpoints of a job: list, details (files with sha256), whole-directory download, single files (Range)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.deps import CallerDep, SessionDep, StoreDep
+from api.downloads import TarStream
+from api.routes.jobs import E401, E404, E422
+from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
+from store import checkpoints as ckpt_store
+from store import jobs as job_store
+from store.errors import NotFound
+from store.models import Checkpoint
+
+router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
+E404C = {404: {"model": E404[404]["model"], "description": "no such job for this team, or no such checkpoint"}}
+Step = Annotated[int, PathParam(ge=0, le=2**31 - 1)]
+
+
+class LargeFileResponse(FileResponse):
+    chunk_size = 4 * 1024 * 1024  # Starlette's 64 KB default caps a download at a few hundred MB/s
+
+
+def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic(step=c.step, kind=c.kind, bytes=c.bytes, sha256=c.sha256, metrics=c.metrics,
+                            created_at=c.created_at, download_url=f"/v1/jobs/{job_id}/checkpoints/{c.step}/download")
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
+def list_checkpoints(job_id: str, session: SessionDep, caller: CallerDep) -> CheckpointList:
+    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    return CheckpointList(items=[_public(job_id, c) for c in ckpt_store.list_checkpoints(session, job_id=job_id)])
+
+
+def _checkpoint(session: SessionDep, caller: CallerDep, job_id: str, step: int) -> Checkpoint:
+    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    return ckpt_store.get_checkpoint(session, job_id=job_id, step=step)
+
+
+@router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
+def checkpoint_detail(job_id: str, step: Step, session: SessionDep, caller: CallerDep,
+                      store: StoreDep) -> CheckpointDetail:
+    c = _checkpoint(session, caller, job_id, step)
+    files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
+    return CheckpointDetail(**_public(job_id, c).model_dump(), files=files)
+
+
+@router.get(
+    "/{job_id}/checkpoints/{step}/download",
+    responses={200: {"content": {"application/x-tar": {}},
+                     "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256"},
+               **E401, **E404C, **E422},
+)
+def download(job_id: str, step: Step, session: SessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
+    """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
+    c = _checkpoint(session, caller, job_id, step)
+    files = store.checkpoint_files(c.location)
+    prefix = f"{job_id}-step-{step}"
+    tar = TarStream([(f"{prefix}/{f.name}", store.file_path(c.location, f.name)) for f in files])
+    return StreamingResponse(iter(tar), media_type="application/x-tar", headers={
+        "Content-Length": str(tar.length),
+        "Content-Disposition": f'attachment; filename="{prefix}.tar"',
+        "X-Checkpoint-Sha256": c.sha256})
+
+
+@router.get(
+    "/{job_id}/checkpoints/{step}/files/{name:path}",
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+               206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
+               416: {"description": "the Range lies outside the file"},
+               **E401, **E404C, **E422},
+)
+def download_file(job_id: str, step: Step, name: str, session: SessionDep, caller: CallerDep,
+                  store: StoreDep) -> LargeFileResponse:
+    """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
+    c = _checkpoint(session, caller, job_id, step)
+    files = {f.name: f for f in store.checkpoint_files(c.location)}
+    if name not in files:
+        raise NotFound("file", f"{name} in checkpoint {step}")
+    return LargeFileResponse(store.file_path(c.location, name), filename=name.rsplit("/", 1)[-1],
+                             headers={"X-Sha256": files[name].sha256})

@@ -1,0 +1,108 @@
+"""Jobs: submit, list, read, cancel, events."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from sqlalchemy.orm import Session
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.schemas import ErrorBody, EventList, EventPublic, JobList, JobPublic
+from rlad_core.config import TrainConfig
+from store import jobs as job_store
+from store import states
+from store.dispatch import dispatch_job
+from store.models import Job, JobStatus
+
+log = logging.getLogger("rlad.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+E401 = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
+E404 = {404: {"model": ErrorBody, "description": "no such job for this team"}}
+E422 = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
+
+_SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+_SPEC_DEFS = _SPEC_SCHEMA.pop("$defs", {})
+
+
+def job_public(session: Session, job: Job) -> JobPublic:
+    p = job_store.progress(job)
+    return JobPublic(
+        id=job.id, name=job.name, method=job.method, status=job.status, is_terminal=states.is_terminal(job.status),
+        attempt=job.attempt, max_attempts=job.max_attempts, queue=job.queue,
+        queue_position=job_store.queue_position(session, job=job), steps_done=job.last_step,
+        total_steps=job.total_steps, eta_s=p.eta_s, heartbeat_age_s=p.heartbeat_age_s, worker=job.worker,
+        error_code=job.error_code, error_message=job.error_message, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at, spec=job.spec,
+        spec_resolved=job.spec_resolved)
+
+
+@router.post(
+    "", status_code=202, response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "the job this Idempotency-Key already created"},
+               409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
+               **E401, **E422},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _SPEC_SCHEMA}}}},
+)
+def submit(
+    session: SessionDep, caller: CallerDep, settings: SettingsDep, response: Response,
+    spec: Annotated[dict[str, Any], Body()],
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same job")] = None,
+) -> JobPublic:
+    """Queue a distillation job. The body is the job spec (rlad_core's TrainConfig, as JSON)."""
+    job, created = job_store.submit_job(session, team_id=caller.team_id, spec=spec, idempotency_key=idempotency_key,
+                                        queue=settings.default_queue, max_attempts=settings.max_attempts)
+    if not created:
+        response.status_code = 200
+        return job_public(session, job)
+    # commit before the message leaves: a worker must find the row it is handed
+    session.commit()
+    try:
+        dispatch_job(job.id, job.queue)
+    except Exception:  # the job is safe in the database; the reaper dispatches queued jobs again
+        log.exception("job %s: could not reach the broker; it stays queued", job.id)
+    log.info("job %s: submitted by team %s (%s, %d steps)", job.id, caller.team_name, job.method, job.total_steps)
+    return job_public(session, job)
+
+
+@router.get("", response_model=JobList, responses={**E401, **E422})
+def list_jobs(
+    session: SessionDep, caller: CallerDep, settings: SettingsDep,
+    after: Annotated[str | None, Query(max_length=64, description="`next_after` of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    status: Annotated[list[JobStatus] | None, Query(description="filter; repeat for several")] = None,
+    method: Annotated[list[str] | None, Query(description="filter; repeat for several")] = None,
+) -> JobList:
+    """The team's jobs, newest first, a page at a time."""
+    rows, has_more = job_store.list_jobs(session, team_id=caller.team_id, after=after,
+                                         limit=min(limit, settings.max_page_size), status=status, method=method)
+    return JobList(items=[job_public(session, j) for j in rows], has_more=has_more,
+                   next_after=rows[-1].id if has_more and rows else None)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={**E401, **E404})
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    return job_public(session, job_store.get_job(session, team_id=caller.team_id, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses={**E401, **E404})
+def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    """Queued: cancelled at once. Running: `cancelling`, then `cancelled` once the trainer has saved a final
+    checkpoint and stopped. Terminal: unchanged (cancel is idempotent)."""
+    job = job_store.request_cancel(session, team_id=caller.team_id, job_id=job_id)
+    log.info("job %s: cancel requested by team %s -> %s", job.id, caller.team_name, job.status.value)
+    return job_public(session, job)
+
+
+@router.get("/{job_id}/events", response_model=EventList, responses={**E401, **E404, **E422})
+def events(
+    job_id: str, session: SessionDep, caller: CallerDep,
+    after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> EventList:
+    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    rows = job_store.list_events(session, job_id=job_id, after=after, limit=limit)
+    return EventList(items=[EventPublic(id=e.id, kind=e.kind, attempt=e.attempt, data=e.data, created_at=e.created_at)
+                            for e in rows])

@@ -1,0 +1,91 @@
+"""Metrics of a job: a downsampled read, and a live tail as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes.jobs import E401, E404, E422
+from api.schemas import MetricSeries, MetricsPublic
+from store import jobs as job_store
+from store import metrics as metric_store
+from store import states
+from store.db import session_scope
+
+router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
+def read(
+    job_id: str, session: SessionDep, caller: CallerDep, settings: SettingsDep,
+    key: Annotated[list[str] | None, Query(description="metric keys (repeat); default: all")] = None,
+    step_min: Annotated[int | None, Query(ge=0)] = None,
+    step_max: Annotated[int | None, Query(ge=0)] = None,
+    max_points: Annotated[int, Query(ge=1, le=10_000, description="at most this many points per key")] = 1000,
+) -> MetricsPublic:
+    """Series per key; longer ones are averaged in equal step buckets down to `max_points`."""
+    job = job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    max_points = min(max_points, settings.max_metric_points)
+    last = job.last_step if step_max is None and job.last_step else None
+    data = metric_store.read_metrics(session, job_id=job_id, keys=key, step_min=step_min, step_max=step_max,
+                                     max_points=max_points, last_step=last)
+    keys = metric_store.metric_keys(session, job_id=job_id)
+    series = [MetricSeries(key=k, steps=[p.step for p in pts], values=[p.value for p in pts],
+                           times=[p.time for p in pts]) for k, pts in data.items()]
+    lo = step_min or 0
+    hi = step_max if step_max is not None else max((p.step for pts in data.values() for p in pts), default=0)
+    return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=(hi - lo + 1) > max_points)
+
+
+@router.get(
+    "/{job_id}/metrics/stream", responses={
+        200: {"content": {"text/event-stream": {}},
+              "description": "`event: metrics` with {step, values} per step as they are written; `event: end` "
+                             "with the final status when the job is terminal"},
+        **E401, **E404, **E422},
+)
+async def stream(
+    job_id: str, request: Request, session: SessionDep, caller: CallerDep,
+    since: Annotated[float, Query(ge=0, description="unix time; only points written later (default: all)")] = 0.0,
+    poll_s: Annotated[float, Query(ge=0.1, le=10)] = 1.0,
+) -> StreamingResponse:
+    """Live tail of a job's metrics (server-sent events). Reconnect with `Last-Event-ID` (or `since`)."""
+    await run_in_threadpool(job_store.get_job, session, team_id=caller.team_id, job_id=job_id)
+    last_id = request.headers.get("last-event-id")
+    cursor = float(last_id) if last_id and last_id.replace(".", "", 1).isdigit() else since
+
+    def poll(after: float) -> tuple[list, bool, str]:
+        with session_scope() as s:
+            rows = metric_store.metrics_after(s, job_id=job_id, after_time=after)
+            status = job_store.status_of(s, job_id=job_id)
+            return rows, states.is_terminal(status), status.value
+
+    async def events() -> AsyncIterator[str]:
+        nonlocal cursor
+        yield ": stream open\n\n"
+        while True:
+            rows, terminal, status = await run_in_threadpool(poll, cursor)
+            by_step: dict[int, dict[str, float | None]] = {}
+            for key, step, value, t in rows:
+                by_step.setdefault(step, {})[key] = value
+                cursor = max(cursor, t)
+            for step in sorted(by_step):
+                yield f"id: {cursor!r}\nevent: metrics\ndata: {json.dumps({'step': step, 'values': by_step[step]})}\n\n"
+            if terminal and not rows:
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            if not rows:
+                yield ": keep-alive\n\n"
+                await asyncio.sleep(poll_s)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,125 @@
+"""Response (and non-spec request) schemas. The job spec itself is rlad_core's TrainConfig."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from store.models import EventKind, JobStatus
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the offending field (or header / query parameter / line)")
+    message: str = Field(description="what is wrong, and the fix")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_spec, not_found, unauthorized")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    method: str
+    status: JobStatus
+    is_terminal: bool
+    attempt: int
+    max_attempts: int
+    queue: str
+    queue_position: int | None = Field(description="1 = next on its queue; null unless queued")
+    steps_done: int
+    total_steps: int
+    eta_s: float | None = Field(description="seconds to the last step at the recent pace; null when unknown")
+    heartbeat_age_s: float | None = Field(description="seconds since the worker last reported; null unless active")
+    worker: str | None
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any] = Field(description="the spec as submitted")
+    spec_resolved: dict[str, Any] = Field(description="the spec validated, with every default filled in")
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    has_more: bool
+    next_after: str | None = Field(description="pass as `after` to get the next page; null on the last page")
+
+
+class EventPublic(BaseModel):
+    id: int
+    kind: EventKind
+    attempt: int
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    items: list[EventPublic]
+
+
+class MetricSeries(BaseModel):
+    key: str
+    steps: list[int]
+    values: list[float | None] = Field(description="null where the value was not finite")
+    times: list[float] = Field(description="unix seconds when each point was written")
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    keys: list[str] = Field(description="every metric key the job has")
+    series: list[MetricSeries]
+    downsampled: bool
+
+
+class CheckpointFile(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class CheckpointPublic(BaseModel):
+    step: int
+    kind: str
+    bytes: int
+    sha256: str = Field(description="sha256 of manifest.json, which lists every file's sha256")
+    metrics: dict[str, Any]
+    created_at: datetime
+    download_url: str
+
+
+class CheckpointDetail(CheckpointPublic):
+    files: list[CheckpointFile]
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointPublic]
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    bytes: int
+    lines: int
+    created_at: datetime
+    task_path: str = Field(description="use as task.path of a jsonl task")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

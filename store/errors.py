@@ -1,0 +1,56 @@
+"""Domain errors. The API maps each to one HTTP status in one handler (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class; `code` is the stable machine-readable error code in API bodies."""
+
+    code = "error"
+
+
+class NotFound(StoreError):
+    code = "not_found"
+
+    def __init__(self, kind: str, ident: str | int):
+        self.kind, self.ident = kind, ident
+        super().__init__(f"{kind} {ident!r} not found")
+
+
+class InvalidTransition(StoreError):
+    code = "invalid_transition"
+
+    def __init__(self, current: str, target: str):
+        self.current, self.target = current, target
+        super().__init__(f"a job that is {current} cannot become {target}")
+
+
+class IdempotencyConflict(StoreError):
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str, job_id: str):
+        self.key, self.job_id = key, job_id
+        super().__init__(f"Idempotency-Key {key!r} was used for job {job_id} with a different body; "
+                         "fix: send the same body, or use a new key for a new job")
+
+
+class InvalidSpec(StoreError):
+    """The job spec does not validate; `errors` is a list of (field, message with the fix)."""
+
+    code = "invalid_spec"
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+
+
+class InvalidDataset(StoreError):
+    code = "invalid_dataset"
+
+    def __init__(self, message: str, *, line: int | None = None):
+        self.line = line
+        super().__init__(message)
+
+
+class TooLarge(StoreError):
+    code = "too_large"

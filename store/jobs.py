@@ -1,0 +1,287 @@
+"""Store functions over jobs: submit, read, list, cancel (API side); claim, run, heartbeat, finish, reap
+(worker side). Keyword-only; they own no transaction: the caller commits (`store.db.session_scope`, or the
+API's request dependency). Status changes go through `store.states.transition`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from rlad_core.config import ConfigError, parse_config
+from store import states
+from store.errors import IdempotencyConflict, InvalidSpec, NotFound
+from store.models import Dataset, EventKind, Job, JobEvent, JobStatus, utcnow
+
+S = JobStatus
+DATASET_SCHEME = "dataset:"
+# fields the service sets itself: a job's checkpoints belong in the result store
+SERVICE_FIELDS = {"output_dir": "the service writes checkpoints to its result store; fix: remove output_dir"}
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Submit
+# ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_spec(session: Session, *, team_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Validate a submitted spec with the core config and return it with every default filled in.
+
+    A jsonl task may name an uploaded dataset as `dataset:<id>`; it must belong to the team."""
+    errors = [(f, m) for f, m in SERVICE_FIELDS.items() if spec.get(f) is not None]
+    try:
+        config = parse_config({k: v for k, v in spec.items() if k not in SERVICE_FIELDS})
+    except ConfigError as exc:
+        errors += exc.errors
+        raise InvalidSpec(errors) from None
+    if errors:
+        raise InvalidSpec(errors)
+    resolved = config.to_json_dict()
+    task = resolved["task"]
+    if task["name"] == "jsonl" and task["path"].startswith(DATASET_SCHEME):
+        ds_id = task["path"].removeprefix(DATASET_SCHEME)
+        ds = session.get(Dataset, ds_id)
+        if ds is None or ds.team_id != team_id:
+            raise InvalidSpec([("task.path", f"no uploaded dataset {ds_id!r}; fix: upload it with POST /v1/datasets "
+                                             "and use the id it returns, as dataset:<id>")])
+    return resolved
+
+
+def submit_job(session: Session, *, team_id: str, spec: dict[str, Any], idempotency_key: str | None = None,
+               queue: str = "gpu", max_attempts: int = 3) -> tuple[Job, bool]:
+    """Insert a queued job (and its `queued` event). Returns (job, created).
+
+    With an idempotency key, the same key and body return the existing job (created=False); the same key
+    with another body raises `IdempotencyConflict`. Concurrent submissions with one key create one job:
+    the unique constraint (team, key) decides, inside a savepoint."""
+    digest = request_hash(spec)
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, team_id, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, idempotency_key, digest), False
+    resolved = resolve_spec(session, team_id=team_id, spec=spec)
+    job = Job(team_id=team_id, name=resolved.get("name"), method=resolved["method"], spec=spec,
+              spec_resolved=resolved, status=S.queued, queue=queue, max_attempts=max_attempts,
+              total_steps=resolved["steps"], idempotency_key=idempotency_key, request_hash=digest)
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+            session.add(JobEvent(job_id=job.id, kind=EventKind.queued, attempt=0, data={"queue": queue}))
+            session.flush()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = _by_idempotency_key(session, team_id, idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, idempotency_key, digest), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, team_id: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.team_id == team_id, Job.idempotency_key == key))
+
+
+def _same_request(job: Job, key: str, digest: str) -> Job:
+    if job.request_hash != digest:
+        raise IdempotencyConflict(key, job.id)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Read
+# ---------------------------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, *, team_id: str | None, job_id: str) -> Job:
+    """The job, if it belongs to `team_id` (None: any team, for workers). Another team's job is not found."""
+    job = session.get(Job, job_id)
+    if job is None or (team_id is not None and job.team_id != team_id):
+        raise NotFound("job", job_id)
+    return job
+
+
+def list_jobs(session: Session, *, team_id: str, after: str | None = None, limit: int = 50,
+              status: list[JobStatus] | None = None, method: list[str] | None = None) -> tuple[list[Job], bool]:
+    """Newest first; `after` is the last id of the previous page. Returns (jobs, has_more)."""
+    q = select(Job).where(Job.team_id == team_id)
+    if after:
+        q = q.where(Job.id < after)
+    if status:
+        q = q.where(Job.status.in_(status))
+    if method:
+        q = q.where(Job.method.in_(method))
+    rows = list(session.scalars(q.order_by(Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def queue_position(session: Session, *, job: Job) -> int | None:
+    """1 = next to be claimed on its queue; None unless queued."""
+    if job.status != S.queued:
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.queue == job.queue, Job.status == S.queued, Job.id < job.id))
+    return int(ahead or 0) + 1
+
+
+def list_events(session: Session, *, job_id: str, after: int | None = None, limit: int = 500) -> list[JobEvent]:
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        q = q.where(JobEvent.id > after)
+    return list(session.scalars(q.order_by(JobEvent.id).limit(limit)))
+
+
+@dataclass(frozen=True)
+class Progress:
+    eta_s: float | None
+    heartbeat_age_s: float | None
+
+
+def progress(job: Job, now: datetime | None = None) -> Progress:
+    now = now or utcnow()
+    eta = None
+    if job.seconds_per_step is not None and not states.is_terminal(job.status):
+        eta = max(job.total_steps - job.last_step, 0) * job.seconds_per_step
+    age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at and job.status in states.ACTIVE else None
+    return Progress(eta, age)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cancel
+# ---------------------------------------------------------------------------------------------------------
+
+
+def request_cancel(session: Session, *, team_id: str, job_id: str) -> Job:
+    """Queued or lost -> cancelled at once; starting/running -> cancelling (the worker stops the trainer).
+    Cancelling an already cancelling or terminal job is a no-op (idempotent); a finished job stays as it is."""
+    job = _locked(session, job_id, team_id)
+    if job.status in (S.queued, S.lost):
+        states.transition(session, job, S.cancelled, reason="cancelled before it ran")
+    elif job.status in (S.starting, S.running):
+        states.transition(session, job, S.cancelling)
+    return job
+
+
+def _locked(session: Session, job_id: str, team_id: str | None = None) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or (team_id is not None and job.team_id != team_id):
+        raise NotFound("job", job_id)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------------------
+
+
+def claim_job(session: Session, *, job_id: str, worker: str) -> Job | None:
+    """queued -> starting with attempt + 1, as one conditional UPDATE: of two workers handed the same job
+    (a redelivered message), exactly one gets it. None when the job is not queued (any more)."""
+    now = utcnow()
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == S.queued)
+        .values(status=S.starting, attempt=Job.attempt + 1, worker=worker, heartbeat_at=now, updated_at=now,
+                started_at=func.coalesce(Job.started_at, now))
+        .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # we just updated it in this transaction
+    session.add(JobEvent(job_id=job.id, kind=EventKind.claimed, attempt=job.attempt,
+                         data={"worker": worker, "attempt": job.attempt}))
+    return job
+
+
+def mark_running(session: Session, *, job_id: str, resumed_from_step: int | None) -> Job:
+    """starting -> running, writing `started`, or `resumed` when the trainer continues from a checkpoint.
+    A job cancelled while it was loading stays cancelling (the supervisor is stopping it)."""
+    job = _locked(session, job_id)
+    if job.status == S.starting:
+        if resumed_from_step is not None:
+            states.transition(session, job, S.running, event=EventKind.resumed, step=resumed_from_step)
+        else:
+            states.transition(session, job, S.running)
+    return job
+
+
+def heartbeat(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Stamp heartbeat_at if this attempt still holds the job; False means it does not (stop working)."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(states.ACTIVE))
+        .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+    return res.rowcount == 1
+
+
+def record_progress(session: Session, *, job_id: str, attempt: int, last_step: int,
+                    seconds_per_step: float | None) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt)
+        .values(last_step=last_step, seconds_per_step=seconds_per_step)
+        .execution_options(synchronize_session=False))
+
+
+def status_of(session: Session, *, job_id: str) -> JobStatus:
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        raise NotFound("job", job_id)
+    return status
+
+
+def finish_job(session: Session, *, job_id: str, attempt: int, outcome: JobStatus, error_code: str | None = None,
+               error_message: str | None = None, **data: Any) -> Job | None:
+    """Record the end of an attempt: succeeded, failed, cancelled (after cancelling) or lost.
+
+    A job that this attempt no longer holds (re-queued by the reaper, already terminal) is left alone:
+    returns None. A run that stopped because it was cancelled ends `cancelled` whatever the outcome."""
+    job = _locked(session, job_id)
+    if job.attempt != attempt or job.status not in states.ACTIVE:
+        return None
+    if job.status == S.cancelling and outcome in (S.succeeded, S.cancelled, S.lost):
+        # a cancelled run is not retried; one that reached its last step before it saw the cancel succeeded
+        outcome = S.succeeded if outcome == S.succeeded and job.last_step >= job.total_steps else S.cancelled
+    if outcome == S.failed:
+        job.error_code, job.error_message = error_code or "training_failed", error_message
+        data = {"code": job.error_code, "message": error_message, **data}
+    elif outcome == S.lost:
+        data = {"reason": error_message, **data}
+    states.transition(session, job, outcome, **data)
+    return job
+
+
+def reap(session: Session, *, heartbeat_timeout_s: float, now: datetime | None = None) -> list[Job]:
+    """Active jobs with a stale heartbeat -> lost; lost jobs -> queued again (the next attempt resumes from
+    the last checkpoint) while attempts remain, else failed. Returns the jobs to dispatch again."""
+    now = now or utcnow()
+    stale_before = now - timedelta(seconds=heartbeat_timeout_s)
+    stale = session.scalars(
+        select(Job).where(Job.status.in_(states.ACTIVE), Job.heartbeat_at < stale_before)
+        .with_for_update(skip_locked=True))
+    for job in stale:
+        age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
+        if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
+            states.transition(session, job, S.cancelled, reason="worker lost while cancelling", heartbeat_age_s=age)
+        else:
+            states.transition(session, job, S.lost, reason="heartbeat is stale", heartbeat_age_s=age, worker=job.worker)
+    session.flush()
+    requeued = []
+    for job in session.scalars(select(Job).where(Job.status == S.lost).with_for_update(skip_locked=True)):
+        if job.attempt < job.max_attempts:
+            states.transition(session, job, S.queued, reason="retry after lost", next_attempt=job.attempt + 1)
+            job.worker = None
+            requeued.append(job)
+        else:
+            job.error_code = "lost"
+            job.error_message = f"the job was lost {job.attempt} times (max_attempts={job.max_attempts})"
+            states.transition(session, job, S.failed, code=job.error_code, message=job.error_message)
+    return requeued

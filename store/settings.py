@@ -1,0 +1,60 @@
+"""All service settings in one pydantic-settings object, read from the environment (prefix `RLAD_`).
+
+The default is the embedded deployment: everything under one data directory (SQLite database, kombu's
+filesystem broker, local result store). Production sets `RLAD_DATABASE_URL` (PostgreSQL) and
+`RLAD_BROKER_URL` (Redis). Obtain it through `get_settings()`; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RLAD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("rlad-data"), description="embedded deployment: everything lives here")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    broker_url: str | None = Field(default=None, description="Celery broker; default: kombu filesystem broker in data_dir")
+    result_root: Path | None = Field(default=None, description="result store directory; default: data_dir/results")
+
+    # jobs
+    default_queue: str = Field(default="gpu", description="Celery queue jobs are sent to")
+    max_attempts: int = Field(default=3, ge=1, description="a lost job is re-queued until it has run this many times")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often a worker writes a running job's heartbeat")
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0, description="a running job whose heartbeat is older is lost")
+    reaper_interval_s: float = Field(default=30.0, gt=0, description="how often Celery beat runs the reaper")
+    cancel_poll_s: float = Field(default=0.5, gt=0, description="how often the supervisor checks the cancel flag")
+    cancel_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM -> SIGKILL grace, for the final checkpoint")
+    metrics_flush_s: float = Field(default=1.0, ge=0, description="the trainer writes buffered metrics at least this often")
+
+    # limits
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="largest dataset upload")
+    max_page_size: int = Field(default=200, ge=1, description="largest `limit` of a list request")
+    max_metric_points: int = Field(default=10_000, ge=1, description="largest `max_points` per key of a metrics request")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'rlad.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of kombu's filesystem transport (embedded deployment)."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_result_root(self) -> Path:
+        return (self.result_root or self.data_dir / "results").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The Celery edge: the app and its settings, the job supervisor task, the trainer process, the reaper."""

@@ -1,0 +1,30 @@
+"""Celery tasks: thin wrappers that take a job id and delegate."""
+
+from __future__ import annotations
+
+import logging
+
+from store.db import session_scope
+from store.dispatch import RUN_JOB, dispatch_job
+from store.jobs import reap as reap_jobs
+from store.settings import get_settings
+from workers.celery_app import REAP, app
+from workers.supervisor import supervise
+
+log = logging.getLogger("rlad.worker")
+
+
+@app.task(name=RUN_JOB)
+def run_job(job_id: str) -> None:
+    supervise(job_id)
+
+
+@app.task(name=REAP)
+def reap() -> int:
+    """Stale heartbeats -> lost; lost -> queued (dispatched again, resuming) or failed. Returns jobs re-queued."""
+    with session_scope() as session:
+        requeued = [(j.id, j.queue) for j in reap_jobs(session, heartbeat_timeout_s=get_settings().heartbeat_timeout_s)]
+    for job_id, queue in requeued:
+        log.info("job %s: re-queued after it was lost", job_id)
+        dispatch_job(job_id, queue)
+    return len(requeued)
