@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, and_, cast, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -74,7 +74,7 @@ def read_metrics(session: Session, *, job_id: str, keys: list[str] | None = None
         for key, step, value, t in session.execute(q):
             out.setdefault(key, []).append(Point(step, value, t))
         return out
-    bucket = cast((Metric.step - lo) / width, Integer).label("bucket")
+    bucket = ((Metric.step - lo) // width).label("bucket")  # floor division on both backends
     q = (select(Metric.key, func.max(Metric.step), func.avg(Metric.value), func.max(Metric.time))
          .where(*cond).group_by(Metric.key, bucket).order_by(Metric.key, func.max(Metric.step)))
     for key, step, value, t in session.execute(q):

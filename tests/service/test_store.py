@@ -1,0 +1,112 @@
+"""Store functions with a real database (SQLite and PostgreSQL): claim, heartbeat, finish, the reaper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from store import jobs as job_store
+from store.db import session_scope
+from store.errors import InvalidTransition
+from store.models import Job, JobEvent, JobStatus
+from store.models import JobStatus as S
+from store.models import utcnow
+from store.states import transition
+from store.teams import get_or_create_team
+
+SPEC = {"student": "s", "teacher": "t", "steps": 10, "batch_size": 8, "group_size": 4}
+
+
+@pytest.fixture
+def job_id(service_env) -> str:
+    with session_scope() as s:
+        team = get_or_create_team(s, name="red")
+        job, _ = job_store.submit_job(s, team_id=team.id, spec=SPEC, max_attempts=2)
+        return job.id
+
+
+def _events(job_id: str) -> list[tuple[str, int]]:
+    with session_scope() as s:
+        return [(e.kind.value, e.attempt) for e in job_store.list_events(s, job_id=job_id)]
+
+
+def _status(job_id: str) -> S:
+    with session_scope() as s:
+        return job_store.status_of(s, job_id=job_id)
+
+
+def test_only_one_claim_wins(job_id: str) -> None:
+    with session_scope() as s:
+        assert job_store.claim_job(s, job_id=job_id, worker="w1").attempt == 1
+    with session_scope() as s:
+        assert job_store.claim_job(s, job_id=job_id, worker="w2") is None
+    assert _status(job_id) == S.starting
+    assert _events(job_id) == [("queued", 0), ("claimed", 1)]
+
+
+def test_an_illegal_transition_raises_and_writes_nothing(job_id: str) -> None:
+    with pytest.raises(InvalidTransition), session_scope() as s:
+        transition(s, s.get(Job, job_id), JobStatus.succeeded)
+    assert _status(job_id) == S.queued and _events(job_id) == [("queued", 0)]
+
+
+def test_run_to_success_writes_each_event(job_id: str) -> None:
+    with session_scope() as s:
+        job_store.claim_job(s, job_id=job_id, worker="w")
+    with session_scope() as s:
+        job_store.mark_running(s, job_id=job_id, resumed_from_step=None)
+    with session_scope() as s:
+        assert job_store.finish_job(s, job_id=job_id, attempt=1, outcome=S.succeeded) is not None
+    assert _status(job_id) == S.succeeded
+    assert _events(job_id) == [("queued", 0), ("claimed", 1), ("started", 1), ("succeeded", 1)]
+
+
+def test_a_stale_attempt_cannot_finish_or_heartbeat(job_id: str) -> None:
+    with session_scope() as s:
+        job_store.claim_job(s, job_id=job_id, worker="w")
+    with session_scope() as s:
+        assert not job_store.heartbeat(s, job_id=job_id, attempt=7)
+        assert job_store.finish_job(s, job_id=job_id, attempt=7, outcome=S.failed) is None
+        assert job_store.heartbeat(s, job_id=job_id, attempt=1)
+    assert _status(job_id) == S.starting
+
+
+def _age_heartbeat(job_id: str, seconds: float) -> None:
+    with session_scope() as s:
+        s.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=seconds)
+
+
+def test_reaper_requeues_a_stale_job_then_fails_it_when_attempts_run_out(job_id: str) -> None:
+    for attempt in (1, 2):
+        with session_scope() as s:
+            assert job_store.claim_job(s, job_id=job_id, worker="w").attempt == attempt
+            job_store.mark_running(s, job_id=job_id, resumed_from_step=None)
+        with session_scope() as s:  # fresh heartbeat: nothing to reap
+            assert job_store.reap(s, heartbeat_timeout_s=60) == []
+        assert _status(job_id) == S.running
+        _age_heartbeat(job_id, 120)
+        with session_scope() as s:
+            requeued = [j.id for j in job_store.reap(s, heartbeat_timeout_s=60)]
+        assert requeued == ([job_id] if attempt == 1 else [])
+    assert _status(job_id) == S.failed
+    kinds = [k for k, _ in _events(job_id)]
+    assert kinds == ["queued", "claimed", "started", "lost", "queued", "claimed", "started", "lost", "failed"]
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job.error_code == "lost" and "max_attempts=2" in job.error_message
+        lost = s.query(JobEvent).filter_by(job_id=job_id, kind="lost").first()
+        assert lost.data["heartbeat_age_s"] >= 120
+
+
+def test_a_job_lost_while_cancelling_ends_cancelled_not_requeued(job_id: str) -> None:
+    with session_scope() as s:
+        job_store.claim_job(s, job_id=job_id, worker="w")
+        job_store.mark_running(s, job_id=job_id, resumed_from_step=None)
+    with session_scope() as s:
+        team_id = s.get(Job, job_id).team_id
+        job_store.request_cancel(s, team_id=team_id, job_id=job_id)
+    _age_heartbeat(job_id, 500)
+    with session_scope() as s:
+        assert job_store.reap(s, heartbeat_timeout_s=60) == []
+    assert _status(job_id) == S.cancelled

@@ -1,0 +1,168 @@
+"""The production stack for real: uvicorn, Celery workers (queue gpu: jobs; queue cpu + beat: the reaper) on
+Redis, PostgreSQL, the trainer in its own process. Jobs go in over HTTP and come out as checkpoints."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from rlad.service import LocalService
+from tests.service.conftest import PG_ADMIN, REDIS, free_port, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    name = f"rlad_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    redis.Redis.from_url(REDIS).flushdb()
+    svc = LocalService(tmp_path_factory.mktemp("stack"), port=free_port(), env={
+        "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", "RLAD_BROKER_URL": REDIS,
+        "RLAD_REAPER_INTERVAL_S": "1", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_HEARTBEAT_TIMEOUT_S": "30",
+        "RLAD_CANCEL_GRACE_S": "8", "RLAD_METRICS_FLUSH_S": "0.5",
+    })
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        redis.Redis.from_url(REDIS).flushdb()
+
+
+@pytest.fixture(scope="module")
+def http(stack: LocalService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30) as c:
+        yield c
+
+
+def wait_for(http: httpx.Client, job_id: str, until, timeout_s: float = 120, poll_s: float = 0.2) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        if job["is_terminal"] or time.monotonic() > deadline:
+            events = http.get(f"/v1/jobs/{job_id}/events").json()["items"]
+            raise AssertionError(f"job ended or timed out as {job['status']}: {job['error_message']}\n{events}")
+        time.sleep(poll_s)
+
+
+def events(http: httpx.Client, job_id: str) -> list[dict]:
+    return http.get(f"/v1/jobs/{job_id}/events").json()["items"]
+
+
+def test_a_job_runs_end_to_end_and_its_checkpoint_loads(http, micro_models, tmp_path: Path) -> None:
+    job = http.post("/v1/jobs", json=tiny_spec(micro_models)).json()
+    done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded")
+    assert done["steps_done"] == 4 and done["attempt"] == 1
+    kinds = [e["kind"] for e in events(http, job["id"])]
+    assert kinds[:3] == ["queued", "claimed", "started"] and kinds[-1] == "succeeded"
+    assert kinds.count("checkpoint_saved") == 2 and kinds.count("eval_completed") == 3
+    ckpts = http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+    assert [(c["step"], c["kind"]) for c in ckpts] == [(2, "periodic"), (4, "final")]
+    r = http.get(ckpts[-1]["download_url"])
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path / f"{job['id']}-step-4"
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    ids = tok("12+34=", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    loss = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss"}).json()["series"][0]
+    assert loss["steps"] == [1, 2, 3, 4]
+
+
+def test_cancel_while_running_stops_within_10s_and_no_metrics_follow(http, micro_models) -> None:
+    spec = tiny_spec(micro_models, steps=20_000, eval_every=0, checkpoint_every=0)
+    job = http.post("/v1/jobs", json=spec).json()
+    wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
+    t0 = time.monotonic()
+    assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelling"
+    done = wait_for(http, job["id"], lambda j: j["is_terminal"], timeout_s=30, poll_s=0.1)
+    elapsed = time.monotonic() - t0
+    assert done["status"] == "cancelled" and elapsed < 10, (done["status"], elapsed)
+    evs = events(http, job["id"])
+    kinds = [e["kind"] for e in evs]
+    assert kinds[-3:] == ["cancel_requested", "checkpoint_saved", "cancelled"], kinds
+    cancelled_at = datetime.fromisoformat(evs[-1]["created_at"]).timestamp()
+    series = http.get(f"/v1/jobs/{job['id']}/metrics", params={"max_points": 10_000}).json()["series"]
+    assert max(t for s in series for t in s["times"]) <= cancelled_at
+    time.sleep(1.5)  # nothing arrives later either
+    again = http.get(f"/v1/jobs/{job['id']}/metrics", params={"max_points": 10_000}).json()["series"]
+    assert again == series
+    (ckpt,) = http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]  # the final checkpoint of the stop
+    assert ckpt["step"] == done["steps_done"] > 0
+
+
+def _trainer_pid(job_id: str) -> int | None:
+    out = subprocess.run(["pgrep", "-f", f"workers.trainer_process {job_id}"], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    return pids[0] if pids else None
+
+
+def test_trainer_killed_is_lost_requeued_and_resumes_with_continuous_metrics(http, micro_models) -> None:
+    spec = tiny_spec(micro_models, steps=300, eval_every=0, checkpoint_every=50)
+    job = http.post("/v1/jobs", json=spec).json()
+    wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 60, poll_s=0.05)
+    pid = _trainer_pid(job["id"])
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded", timeout_s=180)
+    assert done["attempt"] == 2 and done["steps_done"] == 300
+    evs = events(http, job["id"])
+    kinds = [e["kind"] for e in evs]
+    i = kinds.index("lost")
+    assert kinds[i:i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
+    assert "signal 9" in evs[i]["data"]["reason"]
+    resumed_step = evs[i + 3]["data"]["step"]
+    assert resumed_step >= 50 and resumed_step % 50 == 0 and evs[i + 3]["attempt"] == 2
+    (loss,) = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"]
+    assert loss["steps"] == list(range(1, 301))  # no gap, no duplicate
+
+
+def test_twenty_concurrent_posts_with_one_idempotency_key_make_one_job(http, stack) -> None:
+    body = {"student": "/nowhere/s", "teacher": "/nowhere/t", "steps": 1, "batch_size": 4, "group_size": 2}
+    key = f"k-{uuid.uuid4().hex}"
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, str]] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {stack.api_key}"}) as c:
+            barrier.wait()
+            r = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+            results.append((r.status_code, r.json()["id"]))
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 20 and len({jid for _, jid in results}) == 1
+    assert sorted(code for code, _ in results).count(202) == 1 and all(c in (200, 202) for c, _ in results)
+    listed = [j for j in http.get("/v1/jobs", params={"limit": 200}).json()["items"] if j["id"] == results[0][1]]
+    assert len(listed) == 1
+    # the job's model does not exist: it fails with a clear error instead of being retried
+    failed = wait_for(http, results[0][1], lambda j: j["is_terminal"], timeout_s=60)
+    assert failed["status"] == "failed" and failed["error_code"] == "not_found" and failed["attempt"] == 1
