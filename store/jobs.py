@@ -72,7 +72,8 @@ def submit_job(session: Session, *, team_id: str, spec: dict[str, Any], idempote
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
     job = Job(team_id=team_id, name=resolved.get("name"), method=resolved["method"], spec=spec,
               spec_resolved=resolved, status=S.queued, queue=queue, max_attempts=max_attempts,
-              total_steps=resolved["steps"], idempotency_key=idempotency_key, request_hash=digest)
+              total_steps=resolved["steps"], idempotency_key=idempotency_key, request_hash=digest,
+              dispatched_at=utcnow())
     try:
         with session.begin_nested():
             session.add(job)
@@ -259,9 +260,11 @@ def finish_job(session: Session, *, job_id: str, attempt: int, outcome: JobStatu
     return job
 
 
-def reap(session: Session, *, heartbeat_timeout_s: float, now: datetime | None = None) -> list[Job]:
+def reap(session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: float = 600.0,
+         now: datetime | None = None) -> list[Job]:
     """Active jobs with a stale heartbeat -> lost; lost jobs -> queued again (the next attempt resumes from
-    the last checkpoint) while attempts remain, else failed. Returns the jobs to dispatch again."""
+    the last checkpoint) while attempts remain, else failed; queued jobs not claimed `redispatch_after_s`
+    after their dispatch are sent again. Returns the jobs to dispatch."""
     now = now or utcnow()
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
     stale = session.scalars(
@@ -278,10 +281,16 @@ def reap(session: Session, *, heartbeat_timeout_s: float, now: datetime | None =
     for job in session.scalars(select(Job).where(Job.status == S.lost).with_for_update(skip_locked=True)):
         if job.attempt < job.max_attempts:
             states.transition(session, job, S.queued, reason="retry after lost", next_attempt=job.attempt + 1)
-            job.worker = None
+            job.worker, job.dispatched_at = None, now
             requeued.append(job)
         else:
             job.error_code = "lost"
             job.error_message = f"the job was lost {job.attempt} times (max_attempts={job.max_attempts})"
             states.transition(session, job, S.failed, code=job.error_code, message=job.error_message)
+    # a queued job whose message never arrived (broker down at submit, a broker restart) is sent again
+    undelivered_before = now - timedelta(seconds=redispatch_after_s)
+    for job in session.scalars(select(Job).where(Job.status == S.queued, Job.dispatched_at < undelivered_before)
+                               .with_for_update(skip_locked=True)):
+        job.dispatched_at = now
+        requeued.append(job)
     return requeued

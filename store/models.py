@@ -135,6 +135,7 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(64), default="gpu")
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)  # last time its id was sent to the queue
     last_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer)
     seconds_per_step: Mapped[float | None] = mapped_column(Float, default=None)

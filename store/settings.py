@@ -28,8 +28,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often a worker writes a running job's heartbeat")
     heartbeat_timeout_s: float = Field(default=120.0, gt=0, description="a running job whose heartbeat is older is lost")
     reaper_interval_s: float = Field(default=30.0, gt=0, description="how often Celery beat runs the reaper")
+    redispatch_after_s: float = Field(default=600.0, gt=0, description="a job still queued this long after its id was "
+                                      "sent is sent again (a message lost by the broker); duplicates are harmless")
     cancel_poll_s: float = Field(default=0.5, gt=0, description="how often the supervisor checks the cancel flag")
-    cancel_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM -> SIGKILL grace, for the final checkpoint")
+    cancel_grace_s: float = Field(default=300.0, ge=0, description="SIGTERM -> SIGKILL grace: the trainer stops at "
+                                  "the next step boundary and writes a final checkpoint; allow one step plus a save")
     metrics_flush_s: float = Field(default=1.0, ge=0, description="the trainer writes buffered metrics at least this often")
 
     # limits

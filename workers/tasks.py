@@ -21,10 +21,13 @@ def run_job(job_id: str) -> None:
 
 @app.task(name=REAP)
 def reap() -> int:
-    """Stale heartbeats -> lost; lost -> queued (dispatched again, resuming) or failed. Returns jobs re-queued."""
+    """Stale heartbeats -> lost; lost -> queued (dispatched again, resuming) or failed; undelivered jobs sent
+    again. Returns how many were dispatched."""
     with session_scope() as session:
-        requeued = [(j.id, j.queue) for j in reap_jobs(session, heartbeat_timeout_s=get_settings().heartbeat_timeout_s)]
+        settings = get_settings()
+        requeued = [(j.id, j.queue) for j in reap_jobs(session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                                                       redispatch_after_s=settings.redispatch_after_s)]
     for job_id, queue in requeued:
-        log.info("job %s: re-queued after it was lost", job_id)
+        log.info("job %s: dispatched again (lost, or its message never reached a worker)", job_id)
         dispatch_job(job_id, queue)
     return len(requeued)

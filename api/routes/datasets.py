@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
-from api.routes.jobs import E401, E422
+from api.routes.jobs import E400, E401, E422
 from api.schemas import DatasetList, DatasetPublic, ErrorBody
 from rlad_core.tasks.jsonl import DatasetError, validate_jsonl_lines
 from store import datasets as ds_store
@@ -30,7 +30,7 @@ def _public(d: Dataset) -> DatasetPublic:
 
 @router.post("", status_code=201, response_model=DatasetPublic, responses={
     413: {"model": ErrorBody, "description": "the file is larger than the upload limit"},
-    **E401, **E422})
+    **E400, **E401, **E422})
 def upload(
     session: SessionDep, caller: CallerDep, settings: SettingsDep, store: StoreDep,
     file: Annotated[UploadFile, File(description='JSONL: one {"prompt": ..., "answer": ...} per line')],

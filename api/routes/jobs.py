@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 E401 = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
 E404 = {404: {"model": ErrorBody, "description": "no such job for this team"}}
+E400 = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
 E422 = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
 
 _SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -43,7 +44,7 @@ def job_public(session: Session, job: Job) -> JobPublic:
     "", status_code=202, response_model=JobPublic,
     responses={200: {"model": JobPublic, "description": "the job this Idempotency-Key already created"},
                409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
-               **E401, **E422},
+               **E400, **E401, **E422},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _SPEC_SCHEMA}}}},
 )
 def submit(
@@ -61,7 +62,7 @@ def submit(
     session.commit()
     try:
         dispatch_job(job.id, job.queue)
-    except Exception:  # the job is safe in the database; the reaper dispatches queued jobs again
+    except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
         log.exception("job %s: could not reach the broker; it stays queued", job.id)
     log.info("job %s: submitted by team %s (%s, %d steps)", job.id, caller.team_name, job.method, job.total_steps)
     return job_public(session, job)

@@ -69,6 +69,7 @@ def upgrade() -> None:
     sa.Column('queue', sa.String(length=64), nullable=False),
     sa.Column('worker', sa.String(length=200), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_step', sa.Integer(), nullable=False),
     sa.Column('total_steps', sa.Integer(), nullable=False),
     sa.Column('seconds_per_step', sa.Float(), nullable=True),

@@ -236,3 +236,25 @@ def test_readyz_is_503_when_the_broker_is_down(client, monkeypatch) -> None:
     monkeypatch.setattr(get_settings(), "broker_url", "redis://127.0.0.1:1/0")
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
+
+
+def test_metrics_stream_sends_each_step_then_ends_with_the_status(client, keys) -> None:
+    from store import metrics as metric_store
+    from store.db import session_scope
+
+    h = auth(keys["red"])
+    job = submit(client, keys["red"]).json()
+    with session_scope() as s:
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(1, {"loss": 0.5}), (2, {"loss": 0.25, "reward_mean": 1.0})])
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+    with client.stream("GET", f"/v1/jobs/{job['id']}/metrics/stream?poll_s=0.1", headers=h) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        body = "".join(r.iter_text())
+    frames = [f for f in body.split("\n\n") if f.startswith("id:") or f.startswith("event:")]
+    parsed = []
+    for f in frames:
+        fields = dict(line.split(": ", 1) for line in f.splitlines())
+        parsed.append((fields["event"], json.loads(fields["data"])))
+    assert parsed == [("metrics", {"step": 1, "values": {"loss": 0.5}}),
+                      ("metrics", {"step": 2, "values": {"loss": 0.25, "reward_mean": 1.0}}),
+                      ("end", {"status": "cancelled"})]

@@ -110,3 +110,14 @@ def test_a_job_lost_while_cancelling_ends_cancelled_not_requeued(job_id: str) ->
     with session_scope() as s:
         assert job_store.reap(s, heartbeat_timeout_s=60) == []
     assert _status(job_id) == S.cancelled
+
+
+def test_reaper_sends_a_long_queued_job_again(job_id: str) -> None:
+    with session_scope() as s:
+        assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
+        s.get(Job, job_id).dispatched_at = utcnow() - timedelta(seconds=301)
+    with session_scope() as s:
+        assert [j.id for j in job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300)] == [job_id]
+    with session_scope() as s:  # once: its dispatch time moved on
+        assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
+    assert _status(job_id) == S.queued
