@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api import errors
+from api.fastpath import JobPollFastPath
 from api.routes import checkpoints, datasets, health, jobs, metrics
 
 log = logging.getLogger("rlad.api")
@@ -41,4 +42,8 @@ def create_app() -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # outermost: the poll fast path answers cached GET /v1/jobs/{id} before any other layer runs
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: JobPollFastPath(build_stack())  # type: ignore[method-assign]
     return app

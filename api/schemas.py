@@ -82,6 +82,17 @@ class MetricsPublic(BaseModel):
     downsampled: bool
 
 
+class LatestPoint(BaseModel):
+    step: int
+    value: float | None
+    time: float
+
+
+class LatestMetrics(BaseModel):
+    job_id: str
+    latest: dict[str, LatestPoint] = Field(description="key -> its newest point")
+
+
 class CheckpointFile(BaseModel):
     name: str
     bytes: int

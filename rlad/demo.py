@@ -1,12 +1,13 @@
-"""`rlad demo`: a small, real RLAD job on CPU in a few minutes.
+"""`rlad demo`: a small, real RLAD job on CPU in a few minutes, through the embedded service.
 
 1. Build a tiny teacher and student (~0.4M parameters each, Llama-family) with the project's
    character-level tokenizer (no downloads).
 2. Warm both up with supervised fine-tuning on the arithmetic task's reference solutions (`method: sft`,
    `sft_source: reference`): the teacher three times longer, so it is strong; the student briefly, so it
    is weak but not hopeless (RL needs some correct samples to learn from).
-3. Distil with RLAD (TRRD, alpha 0.5): the student samples, the verifier rewards, the teacher scores the
-   student's tokens inside the trust region. Evaluation before and after, and a checkpoint that loads with
+3. Start the embedded service (API + worker, SQLite, no servers to install), submit an RLAD job over HTTP
+   (TRRD, alpha 0.5: the student samples, the verifier rewards, the teacher scores the student's tokens
+   inside the trust region), follow it, download its checkpoint (sha256-verified) and load it with
    `AutoModelForCausalLM.from_pretrained`.
 Steps 1-2 are cached in the work directory, so a second run goes straight to step 3.
 """
@@ -54,18 +55,16 @@ def warm_model(workdir: Path, role: str, *, quiet: bool, log: Callable[[str], An
     return _train_logged(config, quiet=quiet, description=f"{role} warm-up").checkpoint
 
 
-def demo_config(workdir: Path, teacher: Path, student: Path, steps: int) -> TrainConfig:
-    return TrainConfig(
-        name="demo-rlad", method="rlad", student=str(student), teacher=str(teacher), task=TASK,
-        steps=steps, batch_size=64, group_size=8, max_new_tokens=24, lr=3e-4, alpha=0.5,
-        eval_every=max(1, steps // 4), eval_size=64, checkpoint_every=max(1, steps // 2), seed=0,
-        output_dir=str(workdir / "rlad"),
-    )
+def demo_spec(teacher: Path, student: Path, steps: int) -> dict[str, Any]:
+    """The RLAD job the demo submits (the JSON body of POST /v1/jobs)."""
+    return {
+        "name": "demo-rlad", "method": "rlad", "student": str(student.resolve()), "teacher": str(teacher.resolve()),
+        "task": TASK, "steps": steps, "batch_size": 64, "group_size": 8, "max_new_tokens": 24, "lr": 3e-4,
+        "alpha": 0.5, "eval_every": max(1, steps // 4), "eval_size": 64, "checkpoint_every": max(1, steps // 2),
+        "seed": 0,
+    }
 
 
-def run_demo(workdir: Path, *, steps: int = 60, quiet: bool = False, log: Callable[[str], Any] = print) -> TrainResult:
-    workdir = Path(workdir)
-    teacher = warm_model(workdir, "teacher", quiet=quiet, log=log)
-    student = warm_model(workdir, "student", quiet=quiet, log=log)
-    log(f"RLAD: student {student} learns from teacher {teacher} for {steps} steps")
-    return _train_logged(demo_config(workdir, teacher, student, steps), quiet=quiet, description="rlad")
+def warm_models(workdir: Path, *, quiet: bool = False, log: Callable[[str], Any] = print) -> tuple[Path, Path]:
+    """(teacher, student), warmed up and cached under `workdir`."""
+    return (warm_model(workdir, "teacher", quiet=quiet, log=log), warm_model(workdir, "student", quiet=quiet, log=log))

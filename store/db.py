@@ -31,10 +31,13 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":  # read sessions take no lock
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # no pre-ping: it is a round trip per checkout (a GET took 1.2 ms instead of 0.5); connections are recycled
+    # instead, and a request that meets a connection dropped by a database restart fails once with a 500
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300)
 
 
 @lru_cache
@@ -45,6 +48,18 @@ def get_engine() -> Engine:
 @lru_cache
 def _sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@lru_cache
+def _read_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(get_engine().execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """Reads only, no transaction (autocommit): one round trip per query, and on SQLite no write lock."""
+    with _read_sessionmaker()() as session:
+        yield session
 
 
 @contextmanager
@@ -67,4 +82,5 @@ def reset_caches() -> None:
         get_engine().dispose()
     get_engine.cache_clear()
     _sessionmaker.cache_clear()
+    _read_sessionmaker.cache_clear()
     gs.cache_clear()

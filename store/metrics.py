@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -45,7 +45,16 @@ class Point:
 
 
 def metric_keys(session: Session, *, job_id: str) -> list[str]:
-    return list(session.scalars(select(Metric.key).where(Metric.job_id == job_id).distinct().order_by(Metric.key)))
+    """The job's metric keys, by a skip scan of the primary key (job, key, step): one index probe per key,
+    not a pass over every point (a long job has millions)."""
+    q = text("""
+        WITH RECURSIVE k(key) AS (
+            SELECT (SELECT key FROM metrics WHERE job_id = :job ORDER BY key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT key FROM metrics WHERE job_id = :job AND key > k.key ORDER BY key LIMIT 1)
+            FROM k WHERE k.key IS NOT NULL)
+        SELECT key FROM k WHERE key IS NOT NULL""")
+    return list(session.scalars(q, {"job": job_id}))
 
 
 def read_metrics(session: Session, *, job_id: str, keys: list[str] | None = None, step_min: int | None = None,
@@ -53,32 +62,55 @@ def read_metrics(session: Session, *, job_id: str, keys: list[str] | None = None
                  last_step: int | None = None) -> dict[str, list[Point]]:
     """Points per key in the step range, at most `max_points` per key.
 
-    Longer series are averaged in equal-width step buckets (one GROUP BY over the range); each bucket
-    reports its last step, the mean of its finite values, and its latest time. `last_step` (the job's
-    progress) bounds the range without a scan."""
-    cond = [Metric.job_id == job_id]
-    if keys:
-        cond.append(Metric.key.in_(keys))
-    if step_min is not None:
-        cond.append(Metric.step >= step_min)
-    if step_max is not None:
-        cond.append(Metric.step <= step_max)
+    A range longer than `max_points` steps is cut into equal-width step buckets and each bucket is
+    represented by its first point (sampling, as TensorBoard does: values are real points, noise stays
+    visible; a sparse key such as an evaluation every 25 steps keeps every point while its buckets hold
+    one each). On PostgreSQL that is one index probe per bucket and key (LATERAL ... LIMIT 1), so the cost
+    follows the points returned, not the points stored. `last_step` (the job's progress) bounds the range
+    without a scan."""
+    keys = keys or metric_keys(session, job_id=job_id)
     lo = step_min if step_min is not None else 0
     hi = step_max if step_max is not None else last_step
     if hi is None:
-        hi = session.scalar(select(func.max(Metric.step)).where(and_(*cond))) or 0
+        hi = session.scalar(select(func.max(Metric.step)).where(Metric.job_id == job_id, Metric.key.in_(keys))) or 0
     width = max(1, math.ceil((hi - lo + 1) / max_points))
     out: dict[str, list[Point]] = {}
-    if width == 1:
-        q = select(Metric.key, Metric.step, Metric.value, Metric.time).where(*cond).order_by(Metric.key, Metric.step)
-        for key, step, value, t in session.execute(q):
-            out.setdefault(key, []).append(Point(step, value, t))
+    if not keys or hi < lo:
         return out
-    bucket = ((Metric.step - lo) // width).label("bucket")  # floor division on both backends
-    q = (select(Metric.key, func.max(Metric.step), func.avg(Metric.value), func.max(Metric.time))
-         .where(*cond).group_by(Metric.key, bucket).order_by(Metric.key, func.max(Metric.step)))
+    if width == 1:
+        q = (select(Metric.key, Metric.step, Metric.value, Metric.time)
+             .where(Metric.job_id == job_id, Metric.key.in_(keys), Metric.step >= lo, Metric.step <= hi)
+             .order_by(Metric.key, Metric.step))
+    elif session.get_bind().dialect.name == "postgresql":
+        q = text("""
+            SELECT k.key, m.step, m.value, m.time
+            FROM unnest(CAST(:keys AS varchar[])) AS k(key)
+            CROSS JOIN generate_series(CAST(:lo AS integer), CAST(:hi AS integer), CAST(:w AS integer)) AS b(start)
+            CROSS JOIN LATERAL (
+                SELECT step, value, time FROM metrics
+                WHERE job_id = :job AND key = k.key AND step >= b.start AND step < b.start + :w AND step <= :hi
+                ORDER BY step LIMIT 1) AS m
+            ORDER BY k.key, m.step""").bindparams(keys=keys, lo=lo, hi=hi, w=width, job=job_id)
+    else:
+        # SQLite (embedded, small): one pass; with MIN(), SQLite takes the other columns from the same row
+        bucket = (Metric.step - lo) // width
+        q = (select(Metric.key, func.min(Metric.step), Metric.value, Metric.time)
+             .where(Metric.job_id == job_id, Metric.key.in_(keys), Metric.step >= lo, Metric.step <= hi)
+             .group_by(Metric.key, bucket).order_by(Metric.key, func.min(Metric.step)))
     for key, step, value, t in session.execute(q):
-        out.setdefault(key, []).append(Point(int(step), float(value) if value is not None else None, float(t)))
+        out.setdefault(key, []).append(Point(int(step), value, float(t)))
+    return out
+
+
+def latest_points(session: Session, *, job_id: str, keys: list[str] | None = None) -> dict[str, Point]:
+    """The newest point of each key (one index probe per key)."""
+    out: dict[str, Point] = {}
+    for key in keys or metric_keys(session, job_id=job_id):
+        row = session.execute(select(Metric.step, Metric.value, Metric.time)
+                              .where(Metric.job_id == job_id, Metric.key == key)
+                              .order_by(Metric.step.desc()).limit(1)).first()
+        if row is not None:
+            out[key] = Point(int(row[0]), row[1], float(row[2]))
     return out
 
 

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
                                   "the next step boundary and writes a final checkpoint; allow one step plus a save")
     metrics_flush_s: float = Field(default=1.0, ge=0, description="the trainer writes buffered metrics at least this often")
 
+    # API
+    job_cache_ttl_s: float = Field(default=1.0, ge=0, description="GET /v1/jobs/{id} answers from a per-process cache "
+                                   "this fresh (many pollers of one job cost one query a second); 0 disables")
+
     # limits
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="largest dataset upload")
     max_page_size: int = Field(default=200, ge=1, description="largest `limit` of a list request")

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import CallerDep, SessionDep, StoreDep
+from api.deps import CallerDep, ReadSessionDep, StoreDep
 from api.downloads import TarStream
 from api.routes.jobs import E401, E404, E422
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
@@ -32,18 +32,18 @@ def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
-def list_checkpoints(job_id: str, session: SessionDep, caller: CallerDep) -> CheckpointList:
+def list_checkpoints(job_id: str, session: ReadSessionDep, caller: CallerDep) -> CheckpointList:
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     return CheckpointList(items=[_public(job_id, c) for c in ckpt_store.list_checkpoints(session, job_id=job_id)])
 
 
-def _checkpoint(session: SessionDep, caller: CallerDep, job_id: str, step: int) -> Checkpoint:
+def _checkpoint(session: ReadSessionDep, caller: CallerDep, job_id: str, step: int) -> Checkpoint:
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     return ckpt_store.get_checkpoint(session, job_id=job_id, step=step)
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
-def checkpoint_detail(job_id: str, step: Step, session: SessionDep, caller: CallerDep,
+def checkpoint_detail(job_id: str, step: Step, session: ReadSessionDep, caller: CallerDep,
                       store: StoreDep) -> CheckpointDetail:
     c = _checkpoint(session, caller, job_id, step)
     files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
@@ -56,7 +56,7 @@ def checkpoint_detail(job_id: str, step: Step, session: SessionDep, caller: Call
                      "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256"},
                **E401, **E404C, **E422},
 )
-def download(job_id: str, step: Step, session: SessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
+def download(job_id: str, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
     """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
     c = _checkpoint(session, caller, job_id, step)
     files = store.checkpoint_files(c.location)
@@ -75,7 +75,7 @@ def download(job_id: str, step: Step, session: SessionDep, caller: CallerDep, st
                416: {"description": "the Range lies outside the file"},
                **E401, **E404C, **E422},
 )
-def download_file(job_id: str, step: Step, name: str, session: SessionDep, caller: CallerDep,
+def download_file(job_id: str, step: Step, name: str, session: ReadSessionDep, caller: CallerDep,
                   store: StoreDep) -> LargeFileResponse:
     """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
     c = _checkpoint(session, caller, job_id, step)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CallerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.routes.jobs import E400, E401, E422
 from api.schemas import DatasetList, DatasetPublic, ErrorBody
 from rlad_core.tasks.jsonl import DatasetError, validate_jsonl_lines
@@ -62,5 +62,5 @@ def upload(
 
 
 @router.get("", response_model=DatasetList, responses={**E401})
-def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
+def list_datasets(session: ReadSessionDep, caller: CallerDep) -> DatasetList:
     return DatasetList(items=[_public(d) for d in ds_store.list_datasets(session, team_id=caller.team_id)])

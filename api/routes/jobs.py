@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.deps import CallerDep, ReadSessionDep, SessionDep, SettingsDep
 from api.schemas import ErrorBody, EventList, EventPublic, JobList, JobPublic
 from rlad_core.config import TrainConfig
 from store import jobs as job_store
 from store import states
+from store.db import read_session
 from store.dispatch import dispatch_job
 from store.models import Job, JobStatus
+from store.settings import get_settings
 
 log = logging.getLogger("rlad.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -70,7 +74,7 @@ def submit(
 
 @router.get("", response_model=JobList, responses={**E401, **E422})
 def list_jobs(
-    session: SessionDep, caller: CallerDep, settings: SettingsDep,
+    session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
     after: Annotated[str | None, Query(max_length=64, description="`next_after` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     status: Annotated[list[JobStatus] | None, Query(description="filter; repeat for several")] = None,
@@ -83,9 +87,47 @@ def list_jobs(
                    next_after=rows[-1].id if has_more and rows else None)
 
 
+class _JobCache:
+    """Serialized `GET /v1/jobs/{id}` bodies, per process, for `job_cache_ttl_s`: a dashboard wall polling one
+    job costs one query a second, not one per poll. This process's own writes (cancel) drop the entry."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, bytes, float]] = {}  # job id -> (team id, body, expiry)
+
+    def get(self, job_id: str, team_id: str) -> bytes | None:
+        hit = self.entries.get(job_id)
+        if hit is None or hit[2] < time.monotonic() or hit[0] != team_id:
+            return None
+        return hit[1]
+
+    def put(self, job_id: str, team_id: str, body: bytes, ttl_s: float) -> None:
+        if len(self.entries) > 50_000:
+            self.entries.clear()
+        self.entries[job_id] = (team_id, body, time.monotonic() + ttl_s)
+
+    def drop(self, job_id: str) -> None:
+        self.entries.pop(job_id, None)
+
+
+job_cache = _JobCache()
+
+
+def _job_json(job_id: str, team_id: str) -> bytes:
+    with read_session() as session:
+        return job_public(session, job_store.get_job(session, team_id=team_id, job_id=job_id)).model_dump_json().encode()
+
+
 @router.get("/{job_id}", response_model=JobPublic, responses={**E401, **E404})
-def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
-    return job_public(session, job_store.get_job(session, team_id=caller.team_id, job_id=job_id))
+async def get_job(job_id: str, caller: CallerDep) -> Response:
+    """A job's status and progress (at most `RLAD_JOB_CACHE_TTL_S` old, default 1 s)."""
+    # the hot path of every poller: async, no sync dependency (each costs a thread hop), no re-validation
+    body = job_cache.get(job_id, caller.team_id)
+    if body is None:
+        body = await run_in_threadpool(_job_json, job_id, caller.team_id)
+        ttl = get_settings().job_cache_ttl_s
+        if ttl > 0:
+            job_cache.put(job_id, caller.team_id, body, ttl)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses={**E401, **E404})
@@ -93,13 +135,14 @@ def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` once the trainer has saved a final
     checkpoint and stopped. Terminal: unchanged (cancel is idempotent)."""
     job = job_store.request_cancel(session, team_id=caller.team_id, job_id=job_id)
+    job_cache.drop(job_id)
     log.info("job %s: cancel requested by team %s -> %s", job.id, caller.team_name, job.status.value)
     return job_public(session, job)
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses={**E401, **E404, **E422})
 def events(
-    job_id: str, session: SessionDep, caller: CallerDep,
+    job_id: str, session: ReadSessionDep, caller: CallerDep,
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.deps import CallerDep, ReadSessionDep, SettingsDep
 from api.routes.jobs import E401, E404, E422
-from api.schemas import MetricSeries, MetricsPublic
+from api.schemas import LatestMetrics, LatestPoint, MetricSeries, MetricsPublic
 from store import jobs as job_store
 from store import metrics as metric_store
 from store import states
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
 def read(
-    job_id: str, session: SessionDep, caller: CallerDep, settings: SettingsDep,
+    job_id: str, session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
     key: Annotated[list[str] | None, Query(description="metric keys (repeat); default: all")] = None,
     step_min: Annotated[int | None, Query(ge=0)] = None,
     step_max: Annotated[int | None, Query(ge=0)] = None,
@@ -44,6 +44,18 @@ def read(
     return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=(hi - lo + 1) > max_points)
 
 
+@router.get("/{job_id}/metrics/latest", response_model=LatestMetrics, responses={**E401, **E404, **E422})
+def latest(
+    job_id: str, session: ReadSessionDep, caller: CallerDep,
+    key: Annotated[list[str] | None, Query(description="metric keys (repeat); default: all")] = None,
+) -> LatestMetrics:
+    """The newest value of each key (progress bars, dashboards' summary tiles)."""
+    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    points = metric_store.latest_points(session, job_id=job_id, keys=key)
+    return LatestMetrics(job_id=job_id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time)
+                                                for k, p in points.items()})
+
+
 @router.get(
     "/{job_id}/metrics/stream", responses={
         200: {"content": {"text/event-stream": {}},
@@ -52,7 +64,7 @@ def read(
         **E401, **E404, **E422},
 )
 async def stream(
-    job_id: str, request: Request, session: SessionDep, caller: CallerDep,
+    job_id: str, request: Request, session: ReadSessionDep, caller: CallerDep,
     since: Annotated[float, Query(ge=0, description="unix time; only points written later (default: all)")] = 0.0,
     poll_s: Annotated[float, Query(ge=0.1, le=10)] = 1.0,
 ) -> StreamingResponse:

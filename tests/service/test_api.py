@@ -132,9 +132,29 @@ def test_metrics_read_all_and_downsampled(client, keys) -> None:
     small = client.get(f"/v1/jobs/{job['id']}/metrics?max_points=10&step_min=1&step_max=100", headers=h).json()
     assert small["downsampled"]
     series = {s["key"]: s for s in small["series"]}
-    assert len(series["loss"]["steps"]) == 10 and series["loss"]["steps"][-1] == 100
-    assert series["loss"]["values"][0] == pytest.approx(5.5)  # mean of steps 1..10
+    # 10 buckets of 10 steps, each shown by its first point (step 50's value is null)
+    assert series["loss"]["steps"] == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91]
+    assert series["loss"]["values"] == [1.0, 11.0, 21.0, 31.0, 41.0, 51.0, 61.0, 71.0, 81.0, 91.0]
     assert series["reward_mean"]["values"] == [1.0] * 10
+    sparse = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=45&step_max=64", headers=h).json()
+    assert sparse["series"][0]["steps"] == [45, 47, 49, 51, 53, 55, 57, 59, 61, 63]
+    assert sparse["series"][0]["values"][2] == 49.0
+    latest = client.get(f"/v1/jobs/{job['id']}/metrics/latest?key=loss&key=nope", headers=h).json()["latest"]
+    assert list(latest) == ["loss"] and latest["loss"]["step"] == 100 and latest["loss"]["value"] == 100.0
+
+
+def test_a_sparse_key_keeps_every_point_when_it_has_fewer_than_max_points(client, keys) -> None:
+    from store import metrics as metric_store
+    from store.db import session_scope
+
+    job = submit(client, keys["red"]).json()
+    with session_scope() as s:
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"eval/accuracy": i / 1000}) for i in range(0, 1001, 25)])
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": 1.0}) for i in range(1, 1001)])
+    r = client.get(f"/v1/jobs/{job['id']}/metrics?max_points=100", headers=auth(keys["red"])).json()
+    series = {s["key"]: s["steps"] for s in r["series"]}
+    assert series["eval/accuracy"] == list(range(0, 1001, 25))
+    assert 90 <= len(series["loss"]) <= 100 and r["keys"] == ["eval/accuracy", "loss"]
 
 
 def _fake_checkpoint(job_id: str, step: int, tiny_model: Path) -> None:
@@ -258,3 +278,16 @@ def test_metrics_stream_sends_each_step_then_ends_with_the_status(client, keys) 
     assert parsed == [("metrics", {"step": 1, "values": {"loss": 0.5}}),
                       ("metrics", {"step": 2, "values": {"loss": 0.25, "reward_mean": 1.0}}),
                       ("end", {"status": "cancelled"})]
+
+
+def test_polling_answers_from_the_cache_only_to_the_owner_and_cancel_refreshes_it(client, keys) -> None:
+    red, blue = auth(keys["red"]), auth(keys["blue"])
+    job = submit(client, keys["red"]).json()
+    first = client.get(f"/v1/jobs/{job['id']}", headers=red)
+    second = client.get(f"/v1/jobs/{job['id']}", headers=red)  # served by the fast path from the cache
+    assert second.status_code == 200 and second.content == first.content
+    assert second.headers["content-type"] == "application/json"
+    assert client.get(f"/v1/jobs/{job['id']}", headers=blue).status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=red)
+    assert client.get(f"/v1/jobs/{job['id']}", headers=red).json()["status"] == "cancelled"

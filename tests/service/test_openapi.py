@@ -13,10 +13,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.service.conftest import auth
-
-
 from api.app import create_app
+from tests.service.conftest import auth
 
 # the app connects to nothing until a request comes; the fixtures below point it at a fresh database
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())

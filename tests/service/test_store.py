@@ -9,9 +9,8 @@ import pytest
 from store import jobs as job_store
 from store.db import session_scope
 from store.errors import InvalidTransition
-from store.models import Job, JobEvent, JobStatus
+from store.models import Job, JobEvent, JobStatus, utcnow
 from store.models import JobStatus as S
-from store.models import utcnow
 from store.states import transition
 from store.teams import get_or_create_team
 
