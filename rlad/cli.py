@@ -199,7 +199,21 @@ def _read_spec(path: Path, overrides: dict[str, object]) -> dict[str, object]:
             if not isinstance(node, dict):
                 raise typer.BadParameter(f"--set {dotted}: {key!r} is not a mapping in {path}", param_hint="--set")
         node[leaf] = value
-    return data
+    return _absolute_local_paths(data)
+
+
+def _absolute_local_paths(spec: dict[str, object]) -> dict[str, object]:
+    """Model and dataset paths that exist here, made absolute: the workers do not share this directory
+    (a relative path would be read from the worker's). Hub ids and `dataset:` ids are left as they are."""
+    def fix(value: object) -> object:
+        return str(Path(value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() \
+            and Path(value).exists() else value
+
+    out = {k: fix(v) if k in ("student", "teacher", "reference") else v for k, v in spec.items()}
+    task = out.get("task")
+    if isinstance(task, dict) and "path" in task:
+        out["task"] = {**task, "path": fix(task["path"])}
+    return out
 
 
 def _print_job_error(job: dict) -> None:
