@@ -133,6 +133,7 @@ def main() -> None:
         from rlad.service import api_command
         from store import checkpoints as ckpt_store
         from store import jobs as job_store
+        from store import metrics as metric_store
         from store.db import session_scope
         from store.migrate import upgrade
         from store.results import get_result_store
@@ -156,9 +157,11 @@ def main() -> None:
                               SELECT :job, 'metric_' || k, st, st * 0.001, extract(epoch from now())
                               FROM generate_series(1, :steps) st, generate_series(0, :keys - 1) k"""),
                       {"job": job_id, "steps": steps, "keys": args.keys})
+            metric_store.rebuild_rollups(s, job_id=job_id)  # what write_metrics keeps as it goes
         with session_scope() as s:
             s.get(job_store.Job, job_id).last_step = steps
             s.execute(text("ANALYZE metrics"))
+            s.execute(text("ANALYZE metric_rollups"))
         results["metrics_insert_s"] = time.perf_counter() - t
 
         # a 512 MB checkpoint in the result store (random bytes: nothing compresses)
@@ -210,6 +213,16 @@ def main() -> None:
                               "body_bytes": len(body), "rounds": rounds}
         stop(bare)
         procs.remove(bare)
+        # the same route with the per-process job cache off: one PostgreSQL query per request
+        nocache_port = free_port()
+        nocache = start(api_command("127.0.0.1", nocache_port, args.workers), {**env, "RLAD_JOB_CACHE_TTL_S": "0"},
+                        f"http://127.0.0.1:{nocache_port}/healthz")
+        procs.append(nocache)
+        wrk(f"http://127.0.0.1:{nocache_port}/v1/jobs/{job_id}", key, 2, args.connections)
+        results["get_job"]["api_cache_off"] = wrk(f"http://127.0.0.1:{nocache_port}/v1/jobs/{job_id}", key,
+                                                  args.seconds, args.connections)
+        stop(nocache)
+        procs.remove(nocache)
 
         # --- 2. download ---------------------------------------------------------------------------------------
         size = big.stat().st_size
@@ -243,6 +256,7 @@ def main() -> None:
             lat.sort()
             results["metrics_read"] = {"points": args.points, "keys": args.keys, "max_points": 1000,
                                        "points_per_key_returned": len(series[0]["steps"]),
+                                       "bucket_steps": r.json()["bucket"],
                                        "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))]}
     finally:
         for p in procs:

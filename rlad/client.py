@@ -244,7 +244,7 @@ class Client:
         return self._json("GET", f"/v1/jobs/{_seg(job_id)}/events", params=params)["items"]
 
     def metrics(self, job_id: str, keys: Iterable[str] | None = None, max_points: int = 1000) -> dict[str, Any]:
-        """{"keys": every key the job has, "series": [{"key", "steps", "values", "times"}], "downsampled"}."""
+        """{"keys": every key the job has, "series": [{"key", "steps", "values", "times"}], "downsampled", "bucket"}."""
         params: dict[str, Any] = {"max_points": max_points}
         if keys is not None:
             params["key"] = list(keys)

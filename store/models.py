@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -171,6 +172,20 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[float | None] = mapped_column(Float)  # null: non-finite (a skipped step's loss)
     time: Mapped[float] = mapped_column(Float)  # unix seconds
+
+
+class MetricRollup(Base):
+    """The first point of each aligned bucket of `4**level` steps of a series (levels 1..8), kept as points
+    are written, so a downsampled read costs the points it returns, not the points stored (store.metrics)."""
+
+    __tablename__ = "metric_rollups"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # step // 4**level
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    time: Mapped[float] = mapped_column(Float)
 
 
 class Checkpoint(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Annotated, Any
@@ -89,10 +90,13 @@ def list_jobs(
 
 class _JobCache:
     """Serialized `GET /v1/jobs/{id}` bodies, per process, for `job_cache_ttl_s`: a dashboard wall polling one
-    job costs one query a second, not one per poll. This process's own writes (cancel) drop the entry."""
+    job costs one query a second, not one per poll. Concurrent misses of one job share one query (without
+    that, every poll in flight when an entry expires queries at once and the slowest wait for all of them).
+    This process's own writes (cancel) drop the entry."""
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[str, bytes, float]] = {}  # job id -> (team id, body, expiry)
+        self.loading: dict[tuple[str, str], asyncio.Future[bytes]] = {}
 
     def get(self, job_id: str, team_id: str) -> bytes | None:
         hit = self.entries.get(job_id)
@@ -107,6 +111,26 @@ class _JobCache:
 
     def drop(self, job_id: str) -> None:
         self.entries.pop(job_id, None)
+        for key in [k for k in self.loading if k[0] == job_id]:
+            del self.loading[key]  # a load that began before this write must not fill the cache
+
+    async def load(self, job_id: str, team_id: str, ttl_s: float) -> bytes:
+        if ttl_s <= 0:
+            return await run_in_threadpool(_job_json, job_id, team_id)
+        key = (job_id, team_id)
+        future = self.loading.get(key)
+        if future is None:
+            future = asyncio.ensure_future(run_in_threadpool(_job_json, job_id, team_id))
+            self.loading[key] = future
+
+            def done(f: asyncio.Future[bytes]) -> None:
+                if self.loading.get(key) is f:
+                    del self.loading[key]
+                    if not f.cancelled() and f.exception() is None:
+                        self.put(job_id, team_id, f.result(), ttl_s)
+
+            future.add_done_callback(done)
+        return await asyncio.shield(future)  # one caller going away does not cancel the others' query
 
 
 job_cache = _JobCache()
@@ -123,10 +147,7 @@ async def get_job(job_id: str, caller: CallerDep) -> Response:
     # the hot path of every poller: async, no sync dependency (each costs a thread hop), no re-validation
     body = job_cache.get(job_id, caller.team_id)
     if body is None:
-        body = await run_in_threadpool(_job_json, job_id, caller.team_id)
-        ttl = get_settings().job_cache_ttl_s
-        if ttl > 0:
-            job_cache.put(job_id, caller.team_id, body, ttl)
+        body = await job_cache.load(job_id, caller.team_id, get_settings().job_cache_ttl_s)
     return Response(body, media_type="application/json")
 
 

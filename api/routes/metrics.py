@@ -30,18 +30,17 @@ def read(
     step_max: Annotated[int | None, Query(ge=0)] = None,
     max_points: Annotated[int, Query(ge=1, le=10_000, description="at most this many points per key")] = 1000,
 ) -> MetricsPublic:
-    """Series per key; longer ones are averaged in equal step buckets down to `max_points`."""
+    """Series per key. A range longer than `max_points` steps is cut into aligned buckets of `bucket` steps,
+    each shown by its first point."""
     job = job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     max_points = min(max_points, settings.max_metric_points)
-    last = job.last_step if step_max is None and job.last_step else None
-    data = metric_store.read_metrics(session, job_id=job_id, keys=key, step_min=step_min, step_max=step_max,
-                                     max_points=max_points, last_step=last)
     keys = metric_store.metric_keys(session, job_id=job_id)
+    last = job.last_step if step_max is None and job.last_step else None
+    data = metric_store.read_metrics(session, job_id=job_id, keys=key or keys, step_min=step_min,
+                                     step_max=step_max, max_points=max_points, last_step=last)
     series = [MetricSeries(key=k, steps=[p.step for p in pts], values=[p.value for p in pts],
-                           times=[p.time for p in pts]) for k, pts in data.items()]
-    lo = step_min or 0
-    hi = step_max if step_max is not None else max((p.step for pts in data.values() for p in pts), default=0)
-    return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=(hi - lo + 1) > max_points)
+                           times=[p.time for p in pts]) for k, pts in data.points.items()]
+    return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=data.bucket > 1, bucket=data.bucket)
 
 
 @router.get("/{job_id}/metrics/latest", response_model=LatestMetrics, responses={**E401, **E404, **E422})

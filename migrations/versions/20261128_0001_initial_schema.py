@@ -1,4 +1,4 @@
-"""Initial schema: teams, API keys, datasets, jobs, job events, checkpoints, metrics.
+"""Initial schema: teams, API keys, datasets, jobs, job events, checkpoints, metrics and their rollups.
 
 Enums are VARCHAR + CHECK (portable; a new member is a new revision). Constraint names come from the
 naming convention in store.models.NAMING.
@@ -129,8 +129,21 @@ def upgrade() -> None:
     with op.batch_alter_table('metrics', schema=None) as batch_op:
         batch_op.create_index('ix_metrics_job_id_time', ['job_id', 'time'], unique=False)
 
+    op.create_table('metric_rollups',
+    sa.Column('job_id', sa.String(length=40), nullable=False),
+    sa.Column('key', sa.String(length=100), nullable=False),
+    sa.Column('level', sa.SmallInteger(), nullable=False),
+    sa.Column('bucket', sa.Integer(), nullable=False),
+    sa.Column('step', sa.Integer(), nullable=False),
+    sa.Column('value', sa.Float(), nullable=True),
+    sa.Column('time', sa.Float(), nullable=False),
+    sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_metric_rollups_job_id_jobs'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('job_id', 'key', 'level', 'bucket', name=op.f('pk_metric_rollups'))
+    )
+
 
 def downgrade() -> None:
+    op.drop_table('metric_rollups')
     with op.batch_alter_table('metrics', schema=None) as batch_op:
         batch_op.drop_index('ix_metrics_job_id_time')
 

@@ -130,15 +130,17 @@ def test_metrics_read_all_and_downsampled(client, keys) -> None:
     assert loss["steps"] == list(range(1, 101)) and loss["values"][49] is None and loss["values"][0] == 1.0
     assert full["keys"] == ["loss", "reward_mean"] and not full["downsampled"]
     small = client.get(f"/v1/jobs/{job['id']}/metrics?max_points=10&step_min=1&step_max=100", headers=h).json()
-    assert small["downsampled"]
+    assert small["downsampled"] and small["bucket"] == 12
     series = {s["key"]: s for s in small["series"]}
-    # 10 buckets of 10 steps, each shown by its first point (step 50's value is null)
-    assert series["loss"]["steps"] == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91]
-    assert series["loss"]["values"] == [1.0, 11.0, 21.0, 31.0, 41.0, 51.0, 61.0, 71.0, 81.0, 91.0]
-    assert series["reward_mean"]["values"] == [1.0] * 10
+    # aligned buckets of 12 steps (a multiple of the rollups' 4), each shown by its first point in the range
+    assert series["loss"]["steps"] == [1, 12, 24, 36, 48, 60, 72, 84, 96]
+    assert series["loss"]["values"] == [1.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0, 84.0, 96.0]
+    assert series["reward_mean"]["values"] == [1.0] * 9
     sparse = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=45&step_max=64", headers=h).json()
-    assert sparse["series"][0]["steps"] == [45, 47, 49, 51, 53, 55, 57, 59, 61, 63]
-    assert sparse["series"][0]["values"][2] == 49.0
+    assert sparse["bucket"] == 3 and sparse["series"][0]["steps"] == [45, 48, 51, 54, 57, 60, 63]
+    assert sparse["series"][0]["values"][2] == 51.0
+    nan = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=50&step_max=59", headers=h).json()
+    assert nan["bucket"] == 1 and nan["series"][0]["values"][0] is None
     latest = client.get(f"/v1/jobs/{job['id']}/metrics/latest?key=loss&key=nope", headers=h).json()["latest"]
     assert list(latest) == ["loss"] and latest["loss"]["step"] == 100 and latest["loss"]["value"] == 100.0
 
@@ -154,7 +156,8 @@ def test_a_sparse_key_keeps_every_point_when_it_has_fewer_than_max_points(client
     r = client.get(f"/v1/jobs/{job['id']}/metrics?max_points=100", headers=auth(keys["red"])).json()
     series = {s["key"]: s["steps"] for s in r["series"]}
     assert series["eval/accuracy"] == list(range(0, 1001, 25))
-    assert 90 <= len(series["loss"]) <= 100 and r["keys"] == ["eval/accuracy", "loss"]
+    # 1,000 steps in aligned buckets of r["bucket"] steps: one point per bucket, at most 100
+    assert len(series["loss"]) == 1000 // r["bucket"] + 1 <= 100 and r["keys"] == ["eval/accuracy", "loss"]
 
 
 def _fake_checkpoint(job_id: str, step: int, tiny_model: Path) -> None:
@@ -291,3 +294,53 @@ def test_polling_answers_from_the_cache_only_to_the_owner_and_cancel_refreshes_i
     assert client.get(f"/v1/jobs/{job['id']}", headers={"Authorization": "Bearer wrong"}).status_code == 401
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=red)
     assert client.get(f"/v1/jobs/{job['id']}", headers=red).json()["status"] == "cancelled"
+
+
+def test_concurrent_misses_of_one_job_share_one_query_and_a_write_during_it_is_not_cached_over(client, keys) -> None:
+    import asyncio
+
+    from sqlalchemy import event
+
+    from api.routes.jobs import job_cache
+    from store.db import get_engine, session_scope
+    from store.errors import NotFound
+    from store.teams import team_for_key
+
+    job = submit(client, keys["red"]).json()
+    with session_scope() as s:
+        team_id = team_for_key(s, key=keys["red"]).id
+    queries: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if statement.startswith("SELECT jobs.id"):  # one load: the job row (then its queue position)
+            queries.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        job_cache.drop(job["id"])
+
+        async def twenty() -> list[bytes]:
+            return await asyncio.gather(*(job_cache.load(job["id"], team_id, 1.0) for _ in range(20)))
+
+        bodies = asyncio.run(twenty())
+        assert len(set(bodies)) == 1 and json.loads(bodies[0])["id"] == job["id"]
+        assert len(queries) == 1 and job_cache.get(job["id"], team_id) == bodies[0]
+
+        async def load_then_drop() -> bytes:
+            job_cache.drop(job["id"])
+            pending = asyncio.ensure_future(job_cache.load(job["id"], team_id, 1.0))
+            await asyncio.sleep(0)
+            job_cache.drop(job["id"])  # a cancel lands while the query runs
+            return await pending
+
+        asyncio.run(load_then_drop())
+        assert job_cache.get(job["id"], team_id) is None
+
+        async def missing() -> list[BaseException]:
+            return await asyncio.gather(*(job_cache.load("job_nope", team_id, 1.0) for _ in range(3)),
+                                        return_exceptions=True)
+
+        assert all(isinstance(e, NotFound) for e in asyncio.run(missing()))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
