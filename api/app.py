@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import dashboard, errors
 from api.fastpath import JobPollFastPath
-from api.routes import checkpoints, datasets, health, jobs, metrics
+from api.routes import checkpoints, datasets, health, jobs, metrics, queue
 
 log = logging.getLogger("rlad.api")
 
@@ -23,8 +24,10 @@ def create_app() -> FastAPI:
                     "`{\"error\": {\"code\", \"message\", \"fields\": [{\"field\", \"message\"}]}}`.",
     )
     errors.install(app)
-    for r in (jobs.router, metrics.router, checkpoints.router, datasets.router, health.router):
+    for r in (jobs.router, metrics.router, checkpoints.router, datasets.router, queue.router, health.router,
+              dashboard.router):
         app.include_router(r)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
 
     base_openapi = app.openapi
 

@@ -57,28 +57,54 @@ def _bearer(authorization: str) -> str | None:
 def cached_caller(authorization: str) -> Caller | None:
     """The caller of a recently seen key, without a query (None: not cached, or no bearer key)."""
     key = _bearer(authorization)
-    hit = _KEY_CACHE.get(teams.hash_key(key)) if key else None
+    return _cached(key) if key else None
+
+
+def _cached(key: str) -> Caller | None:
+    hit = _KEY_CACHE.get(teams.hash_key(key))
     return hit[0] if hit and hit[1] > time.monotonic() else None
+
+
+SESSION_COOKIE = "rlad_key"  # the dashboard's sign-in: the key in a Secure, HttpOnly, SameSite=Strict cookie
+CSRF_HEADER = "x-requested-with"  # cookie-authenticated writes must carry it (a cross-site form cannot)
+_SAFE = {"GET", "HEAD", "OPTIONS"}
+
+
+def request_key(request: Request) -> str | None:
+    """The request's API key: `Authorization: Bearer`, else the dashboard's cookie."""
+    key = _bearer(request.headers.get("authorization", ""))
+    if key is not None:
+        return key
+    key = request.cookies.get(SESSION_COOKIE)
+    if key and request.method not in _SAFE and not request.headers.get(CSRF_HEADER):
+        raise HTTPException(401, f"a signed-in browser's writes need the {CSRF_HEADER} header; "
+                                 "fix: send it (the dashboard does), or use 'Authorization: Bearer <key>'",
+                            headers=UNAUTHORIZED)
+    return key or None
+
+
+async def caller_for_key(key: str) -> Caller | None:
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    now = time.monotonic()
+    caller = await run_in_threadpool(_lookup, key)
+    if caller is not None:
+        if len(_KEY_CACHE) > 10_000:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[teams.hash_key(key)] = (caller, now + _KEY_TTL_S)
+    return caller
 
 
 async def current_caller(request: Request) -> Caller:
     """The team of the request's API key (async: a cached key costs no thread hop and no query)."""
-    authorization = request.headers.get("authorization", "")
-    key = _bearer(authorization)
+    key = request_key(request)
     if key is None:
         raise HTTPException(401, "missing API key; fix: send 'Authorization: Bearer <key>' "
                                  "(mint one with `rlad keys create --team NAME`)", headers=UNAUTHORIZED)
-    hit = cached_caller(authorization)
-    if hit is not None:
-        return hit
-    now = time.monotonic()
-    digest = teams.hash_key(key)
-    caller = await run_in_threadpool(_lookup, key)
+    caller = await caller_for_key(key)
     if caller is None:
         raise HTTPException(401, "unknown or revoked API key", headers=UNAUTHORIZED)
-    if len(_KEY_CACHE) > 10_000:
-        _KEY_CACHE.clear()
-    _KEY_CACHE[digest] = (caller, now + _KEY_TTL_S)
     return caller
 
 

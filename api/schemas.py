@@ -136,3 +136,38 @@ class DatasetList(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class SamplePublic(BaseModel):
+    step: int
+    eval: bool = Field(description="from an evaluation (greedy decoding) rather than a training rollout")
+    prompt: str
+    completion: str
+    reward: float | None
+    correct: bool | None
+    created_at: datetime
+
+
+class SampleList(BaseModel):
+    items: list[SamplePublic] = Field(description="newest first")
+
+
+class QueueDepth(BaseModel):
+    queue: str
+    queued: int = Field(description="jobs waiting")
+    running: int = Field(description="jobs held by a worker (starting, running, cancelling)")
+
+
+class WorkerPublic(BaseModel):
+    name: str = Field(description="the Celery node, e.g. gpu@host")
+    queues: list[str]
+    started_at: datetime
+    heartbeat_age_s: float
+    alive: bool = Field(description="heartbeat within RLAD_HEARTBEAT_TIMEOUT_S")
+    busy: bool
+    job_id: str | None = Field(description="the job it runs, when it is the caller's team's")
+
+
+class QueueState(BaseModel):
+    queues: list[QueueDepth]
+    workers: list[WorkerPublic]

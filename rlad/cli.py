@@ -514,7 +514,8 @@ def up(
         svc.stop()
         err.print(f"[red]the service did not start: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"RLAD service on [bold]{svc.base_url}[/bold] (API docs: {svc.base_url}/docs)")
+    console.print(f"RLAD service on [bold]{svc.base_url}[/bold]: dashboard {svc.base_url}/ui/jobs "
+                  f"(sign in with the API key below), API docs {svc.base_url}/docs")
     console.print(f"data: {svc.data_dir}   logs: {svc.data_dir / 'logs'}")
     console.print(f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
                   f"RLAD_DATA_DIR={svc.data_dir}")

@@ -74,6 +74,12 @@ def session_scope() -> Iterator[Session]:
             raise
 
 
+def after_fork() -> None:
+    """In a forked child: drop the parent's pooled connections without closing them (they are the parent's)."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
 def reset_caches() -> None:
     """Forget the cached settings, engine and sessions (tests that change the environment)."""
     from store.settings import get_settings as gs

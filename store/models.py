@@ -188,6 +188,34 @@ class MetricRollup(Base):
     time: Mapped[float] = mapped_column(Float)
 
 
+class JobSample(Base):
+    """A rollout of the job for people to read (prompt, completion, reward); the newest are kept
+    (`store.samples`)."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (Index("ix_job_samples_job_id_id", "job_id", "id"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    eval: Mapped[bool] = mapped_column(default=False)  # from an evaluation (greedy) rather than training
+    prompt: Mapped[str] = mapped_column(Text)
+    completion: Mapped[str] = mapped_column(Text)
+    reward: Mapped[float | None] = mapped_column(Float, default=None)
+    correct: Mapped[bool | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A Celery worker node (`gpu@host`) as it last reported itself; `jobs.worker` names the node running a job."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(200))  # comma-separated
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_id_step"),)

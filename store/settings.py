@@ -40,6 +40,8 @@ class Settings(BaseSettings):
                                    "this fresh (many pollers of one job cost one query a second); 0 disables")
 
     # limits
+    cookie_secure: bool = Field(default=True, description="the dashboard's sign-in cookie is Secure (sent over HTTPS "
+                                "and to localhost only); false only behind plain HTTP on a trusted network")
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="largest dataset upload")
     max_page_size: int = Field(default=200, ge=1, description="largest `limit` of a list request")
     max_metric_points: int = Field(default=10_000, ge=1, description="largest `max_points` per key of a metrics request")

@@ -8,9 +8,14 @@ notices the stale heartbeat instead and re-queues the job with resume.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from store import workers as worker_store
+from store.db import after_fork, session_scope
 from store.dispatch import broker_options
 from store.settings import get_settings
 
@@ -34,3 +39,48 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 logging.getLogger("rlad").setLevel(logging.INFO)
+
+log = logging.getLogger("rlad.worker")
+
+
+# ----- the workers registry: each node reports itself while it runs (the dashboard's queue page) ------------
+_node: dict[str, Any] = {}
+
+
+@signals.celeryd_after_setup.connect
+def _remember_node(sender: str, instance: Any, **_: Any) -> None:
+    _node.update(name=sender, queues=sorted(instance.app.amqp.queues.consume_from), pid=os.getpid(),
+                 stop=threading.Event())
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(**_: Any) -> None:
+    if "name" in _node:
+        threading.Thread(target=_beat, name="rlad-worker-heartbeat", daemon=True).start()
+
+
+def _beat() -> None:
+    while True:
+        try:
+            with session_scope() as s:
+                worker_store.worker_heartbeat(s, name=_node["name"], queues=_node["queues"], pid=_node["pid"])
+        except Exception:  # the database is away for a moment: try again next beat
+            log.warning("worker heartbeat failed", exc_info=True)
+        if _node["stop"].wait(settings.heartbeat_interval_s):
+            return
+
+
+@signals.worker_shutdown.connect
+def _node_gone(**_: Any) -> None:
+    if "name" in _node and os.getpid() == _node["pid"]:
+        _node["stop"].set()
+        try:
+            with session_scope() as s:
+                worker_store.worker_gone(s, name=_node["name"], pid=_node["pid"])
+        except Exception:
+            log.warning("could not remove worker %s from the registry", _node["name"], exc_info=True)
+
+
+@signals.worker_process_init.connect
+def _child_started(**_: Any) -> None:
+    after_fork()  # the pool child must not share the main process's database connections

@@ -1,12 +1,13 @@
-"""The Reporter the trainer process runs rlad_core with: metrics in batches (upserts), events, checkpoints
-recorded in the job store after they are complete on disk, progress for the ETA, and the stop flag."""
+"""The Reporter the trainer process runs rlad_core with: metrics and sample rollouts in batches, events,
+checkpoints recorded in the job store after they are complete on disk, progress for the ETA, and the stop
+flag."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rlad_core.reporting import Reporter
 from store import checkpoints as ckpt_store
 from store import jobs as job_store
 from store import metrics as metric_store
+from store import samples as sample_store
 from store import states
 from store.db import session_scope
 from store.models import EventKind, Job
@@ -28,6 +30,7 @@ class JobReporter(Reporter):
         self.job_id, self.attempt, self.total_steps = job_id, attempt, total_steps
         self.store, self.flush_s = store, flush_s
         self.pending: list[tuple[int, dict[str, float]]] = []
+        self.pending_samples: list[tuple[int, list[dict[str, Any]]]] = []
         self.last_flush = time.monotonic()
         self.last_step = 0
         self.seconds_per_step: float | None = None
@@ -43,6 +46,9 @@ class JobReporter(Reporter):
             self.last_step = max(self.last_step, step)
         if time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
+
+    def samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.pending_samples.append((step, [dict(r) for r in rows]))  # written with the next metrics flush
 
     def event(self, kind: str, **data: Any) -> None:
         if kind in ("started", "resumed"):
@@ -77,7 +83,7 @@ class JobReporter(Reporter):
         log.info("job %s: checkpoint step %d recorded", self.job_id, step)
 
     def heartbeat(self, step: int) -> None:
-        if self.pending and time.monotonic() - self.last_flush >= self.flush_s:
+        if (self.pending or self.pending_samples) and time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
 
     def should_stop(self) -> bool:
@@ -98,10 +104,13 @@ class JobReporter(Reporter):
 
     def flush(self) -> None:
         rows, self.pending = self.pending, []
+        samples, self.pending_samples = self.pending_samples, []
         self.last_flush = time.monotonic()
         with session_scope() as s:
             if self._held(s) is None:
                 return
             metric_store.write_metrics(s, job_id=self.job_id, rows=rows)
+            for step, sample_rows in samples:
+                sample_store.write_samples(s, job_id=self.job_id, step=step, rows=sample_rows)
             job_store.record_progress(s, job_id=self.job_id, attempt=self.attempt, last_step=self.last_step,
                                       seconds_per_step=self.seconds_per_step)

@@ -31,10 +31,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def supervise(job_id: str) -> JobStatus | None:
+def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:
+    """`worker`: the Celery node name (`gpu@host`), as the workers registry knows it."""
     settings = get_settings()
     with session_scope() as session:
-        job = job_store.claim_job(session, job_id=job_id, worker=worker_name())
+        job = job_store.claim_job(session, job_id=job_id, worker=worker or worker_name())
         if job is None:
             log.info("job %s: nothing to claim (not queued any more)", job_id)
             return None

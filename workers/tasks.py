@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from store.db import session_scope
 from store.dispatch import RUN_JOB, dispatch_job
@@ -14,9 +15,9 @@ from workers.supervisor import supervise
 log = logging.getLogger("rlad.worker")
 
 
-@app.task(name=RUN_JOB)
-def run_job(job_id: str) -> None:
-    supervise(job_id)
+@app.task(name=RUN_JOB, bind=True)
+def run_job(self: Any, job_id: str) -> None:
+    supervise(job_id, worker=self.request.hostname)
 
 
 @app.task(name=REAP)

@@ -13,9 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, ReadSessionDep, SettingsDep
 from api.routes.jobs import E401, E404, E422
-from api.schemas import LatestMetrics, LatestPoint, MetricSeries, MetricsPublic
+from api.schemas import LatestMetrics, LatestPoint, MetricSeries, MetricsPublic, SampleList, SamplePublic
 from store import jobs as job_store
 from store import metrics as metric_store
+from store import samples as sample_store
 from store import states
 from store.db import session_scope
 
@@ -53,6 +54,19 @@ def latest(
     points = metric_store.latest_points(session, job_id=job_id, keys=key)
     return LatestMetrics(job_id=job_id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time)
                                                 for k, p in points.items()})
+
+
+@router.get("/{job_id}/samples", response_model=SampleList, responses={**E401, **E404, **E422})
+def samples(
+    job_id: str, session: ReadSessionDep, caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=sample_store.KEEP)] = 20,
+    eval: Annotated[bool | None, Query(description="true: evaluation samples only; false: training only")] = None,
+) -> SampleList:
+    """The newest rollouts (prompt, completion, reward), newest first: what the student writes."""
+    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+    rows = sample_store.latest_samples(session, job_id=job_id, limit=limit, eval=eval)
+    return SampleList(items=[SamplePublic(step=r.step, eval=r.eval, prompt=r.prompt, completion=r.completion,
+                                          reward=r.reward, correct=r.correct, created_at=r.created_at) for r in rows])
 
 
 @router.get(

@@ -92,12 +92,22 @@ def test_a_job_runs_end_to_end_and_its_checkpoint_loads(http, micro_models, tmp_
     assert out.shape[1] > ids.shape[1]
     loss = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss"}).json()["series"][0]
     assert loss["steps"] == [1, 2, 3, 4]
+    samples = http.get(f"/v1/jobs/{job['id']}/samples", params={"limit": 200}).json()["items"]
+    # log_samples 0: only the evaluations' greedy samples (at steps 0, 2, 4), newest first
+    assert samples and all(x["eval"] for x in samples) and samples[0]["step"] == 4
+    assert all(x["prompt"].endswith("=") for x in samples)
 
 
 def test_cancel_while_running_stops_within_10s_and_no_metrics_follow(http, micro_models) -> None:
     spec = tiny_spec(micro_models, steps=20_000, eval_every=0, checkpoint_every=0)
     job = http.post("/v1/jobs", json=spec).json()
-    wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
+    running = wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
+    # the workers registry: both nodes report themselves; the gpu node runs this job
+    queue = http.get("/v1/queue").json()
+    workers = {w["name"].split("@")[0]: w for w in queue["workers"]}
+    assert workers["gpu"]["alive"] and workers["cpu"]["alive"] and workers["gpu"]["queues"] == ["gpu"]
+    assert workers["gpu"]["job_id"] == job["id"] == running["id"] and running["worker"] == workers["gpu"]["name"]
+    assert {"queue": "gpu", "queued": 0, "running": 1} in queue["queues"]
     t0 = time.monotonic()
     assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelling"
     done = wait_for(http, job["id"], lambda j: j["is_terminal"], timeout_s=30, poll_s=0.1)

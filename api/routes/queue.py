@@ -1,0 +1,27 @@
+"""The shared queues and the workers that serve them (every team sees the same cluster, not others' jobs)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CallerDep, ReadSessionDep, SettingsDep
+from api.routes.jobs import E401
+from api.schemas import QueueDepth, QueueState, WorkerPublic
+from store import workers as worker_store
+
+router = APIRouter(prefix="/v1", tags=["queue"])
+
+
+@router.get("/queue", response_model=QueueState, responses={**E401})
+def queue_state(session: ReadSessionDep, caller: CallerDep, settings: SettingsDep) -> QueueState:
+    """Jobs waiting and running per queue; workers with their heartbeats and the job each runs (its id only
+    when the job is the caller's team's)."""
+    depths = worker_store.queue_depths(session)
+    for q in (settings.default_queue,):
+        depths.setdefault(q, {"queued": 0, "running": 0})
+    workers = worker_store.list_workers(session, timeout_s=settings.heartbeat_timeout_s)
+    return QueueState(
+        queues=[QueueDepth(queue=q, **d) for q, d in sorted(depths.items())],
+        workers=[WorkerPublic(name=w.name, queues=w.queues, started_at=w.started_at, heartbeat_age_s=w.heartbeat_age_s,
+                              alive=w.alive, busy=w.job_id is not None,
+                              job_id=w.job_id if w.job_team_id == caller.team_id else None) for w in workers])
