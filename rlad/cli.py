@@ -507,27 +507,29 @@ def up(
 
     from rlad.service import LocalService
 
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # from the first moment: a SIGTERM while starting must still stop what was started (no orphans)
+    signal.signal(signal.SIGTERM, interrupt)
     svc = LocalService(data_dir, host=host, port=port)
     try:
-        svc.start()
-    except (RuntimeError, TimeoutError) as exc:
-        svc.stop()
-        err.print(f"[red]the service did not start: {escape(str(exc))}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"RLAD service on [bold]{svc.base_url}[/bold]: dashboard {svc.base_url}/ui/jobs "
-                  f"(sign in with the API key below), API docs {svc.base_url}/docs")
-    console.print(f"data: {svc.data_dir}   logs: {svc.data_dir / 'logs'}")
-    console.print(f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
-                  f"RLAD_DATA_DIR={svc.data_dir}")
-    console.print("Ctrl-C stops it; a job that is running resumes from its last checkpoint at the next start.")
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"]:
+        try:
+            svc.start()
+        except (RuntimeError, TimeoutError) as exc:
+            err.print(f"[red]the service did not start: {escape(str(exc))}[/red]")
+            raise typer.Exit(1) from None
+        console.print(f"RLAD service on [bold]{svc.base_url}[/bold]: dashboard {svc.base_url}/ui/jobs "
+                      f"(sign in with the API key below), API docs {svc.base_url}/docs")
+        console.print(f"data: {svc.data_dir}   logs: {svc.data_dir / 'logs'}")
+        console.print(f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
+                      f"RLAD_DATA_DIR={svc.data_dir}")
+        console.print("Ctrl-C stops it; a job that is running resumes from its last checkpoint at the next start.")
+        while True:
             for name, proc in svc.procs.items():
                 if proc.poll() is not None:
                     err.print(f"[red]{name} exited with code {proc.returncode}; see {svc.data_dir / 'logs' / name}.log[/red]")
-                    stop["now"] = True
+                    raise typer.Exit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

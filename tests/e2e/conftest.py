@@ -29,7 +29,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "teacher": save_tiny_model(root / "teacher", "micro", seed=1)}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     svc = LocalService(tmp_path_factory.mktemp("e2e-service"), port=free_port(), env={
         "RLAD_METRICS_FLUSH_S": "0.3", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_CANCEL_GRACE_S": "10",
@@ -41,7 +41,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
         svc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def other_team_key(service: LocalService) -> str:
     code = ("from store.db import session_scope; from store.teams import create_api_key\n"
             "with session_scope() as s: print(create_api_key(s, team_name='vision'))")
@@ -49,7 +49,7 @@ def other_team_key(service: LocalService) -> str:
                           text=True).stdout.strip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def http(service: LocalService) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {service.api_key}"},
                       timeout=30) as c:
@@ -75,7 +75,7 @@ def wait_status(http: httpx.Client, job_id: str, statuses: set[str], timeout_s: 
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def finished_jobs(http: httpx.Client, models: dict[str, Path]) -> dict[str, dict]:
     """Two short jobs run to the end: an rlad and a grpo run of the same student."""
     rlad = http.post("/v1/jobs", json=job_spec(models, name="rlad-a05")).json()
@@ -83,7 +83,7 @@ def finished_jobs(http: httpx.Client, models: dict[str, Path]) -> dict[str, dict
     return {"rlad": wait_status(http, rlad["id"], {"succeeded"}), "grpo": wait_status(http, grpo["id"], {"succeeded"})}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not longer: Playwright's sync API keeps an event loop running in this thread
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,15 +24,9 @@ def test_rlad_up_serves_until_sigterm_then_stops_everything(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
-            time.sleep(0.3)
+        first = proc.stdout.readline()  # printed once everything is up
+        assert f"RLAD service on http://127.0.0.1:{port}" in first, first + proc.stdout.read()
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         key = (tmp_path / "d" / "api_key").read_text().strip()
         r = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200 and r.json()["items"] == []
@@ -39,9 +34,37 @@ def test_rlad_up_serves_until_sigterm_then_stops_everything(tmp_path) -> None:
         os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert f"http://127.0.0.1:{port}" in out and "stopping" in out
+    assert "dashboard" in first + out and "stopping" in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+def _processes_of(data_dir) -> list[int]:
+    """Processes started for a data directory (LocalService passes it in RLAD_DATA_DIR)."""
+    mark = f"RLAD_DATA_DIR={data_dir}".encode()
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and mark in (p / "environ").read_bytes().split(b"\0"):
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_while_starting_stops_everything_it_started(tmp_path) -> None:
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(data), "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (data / "logs").exists():  # the first process is spawned; the API is not ready yet
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [p for p in _processes_of(data.resolve()) if p != proc.pid]
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopping" in out, out
+    assert _processes_of(data.resolve()) == []
 
 
 def test_demo_runs_an_rlad_job_through_the_service_and_loads_the_checkpoint(tmp_path, monkeypatch) -> None:
