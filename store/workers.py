@@ -7,7 +7,7 @@ is older than the job heartbeat timeout."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ def worker_gone(session: Session, *, name: str, pid: int) -> None:
 class WorkerState:
     name: str
     queues: list[str]
-    started_at: object
+    started_at: datetime
     heartbeat_age_s: float
     alive: bool
     job_id: str | None

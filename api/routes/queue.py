@@ -17,8 +17,7 @@ def queue_state(session: ReadSessionDep, caller: CallerDep, settings: SettingsDe
     """Jobs waiting and running per queue; workers with their heartbeats and the job each runs (its id only
     when the job is the caller's team's)."""
     depths = worker_store.queue_depths(session)
-    for q in (settings.default_queue,):
-        depths.setdefault(q, {"queued": 0, "running": 0})
+    depths.setdefault(settings.default_queue, {"queued": 0, "running": 0})  # shown even when idle
     workers = worker_store.list_workers(session, timeout_s=settings.heartbeat_timeout_s)
     return QueueState(
         queues=[QueueDepth(queue=q, **d) for q, d in sorted(depths.items())],

@@ -31,7 +31,8 @@ def test_sign_in_sets_a_secure_http_only_cookie_and_a_wrong_key_is_refused(page,
     assert page.context.cookies() == []
 
 
-def test_the_jobs_list_shows_each_job_with_its_status_and_filters(page, service, http, finished_jobs) -> None:
+def test_the_jobs_list_shows_each_job_with_its_status_filters_and_updates_live(page, service, http, models,
+                                                                              finished_jobs) -> None:
     sign_in(page, service, service.api_key)
     rlad, grpo = finished_jobs["rlad"], finished_jobs["grpo"]
     row = page.locator(f"tr[data-job-id='{rlad['id']}']")
@@ -45,6 +46,10 @@ def test_the_jobs_list_shows_each_job_with_its_status_and_filters(page, service,
     assert page.locator(f"tr[data-job-id='{grpo['id']}']").count() == 1 and "method=grpo" in page.url
     page.get_by_label("Method").select_option("")
     page.locator(f"tr[data-job-id='{rlad['id']}']").wait_for()
+    # a job submitted elsewhere appears, and moves on to succeeded, without a reload
+    new = http.post("/v1/jobs", json=job_spec(models, name="fresh", steps=4, eval_every=0, checkpoint_every=0)).json()
+    page.locator(f"tr[data-job-id='{new['id']}']").wait_for(timeout=10_000)
+    page.locator(f"tr[data-job-id='{new['id']}'][data-status='succeeded']").wait_for(timeout=60_000)
     screenshots(page, "jobs")
 
 
