@@ -141,7 +141,8 @@
           el("td", {}, progressCell(j)),
           el("td", { class: "num", text: j.is_terminal ? "–" : duration(j.eta_s) }),
           el("td", { class: "num", text: j.heartbeat_age_s === null ? "–" : duration(j.heartbeat_age_s) + " ago" }),
-          el("td", { class: "num", text: when(j.created_at) }), el("td", { class: "num", text: runTime(j) }));
+          el("td", { class: "num", text: duration(secondsSince(j.created_at)) + " ago", title: when(j.created_at) }),
+          el("td", { class: "num", text: runTime(j) }));
       }));
       $("#jobs-empty").hidden = jobs.length > 0;
       updateCompare();
