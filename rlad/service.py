@@ -44,6 +44,13 @@ def worker_command(queues: str, *, beat_schedule: Path | None = None, hostname: 
     return cmd
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 class LocalService:
     """The API and two workers (queue `gpu`: jobs, one at a time; queue `cpu`: the reaper, with beat)."""
 
@@ -82,8 +89,15 @@ class LocalService:
         if self.log_to_files:
             (self.data_dir / "logs").mkdir(exist_ok=True)
             out = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the process)
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                            start_new_session=True)
+        # a stop signal between the fork and this bookkeeping would leave a process nobody stops: hold such
+        # signals until the child is recorded (the child itself starts with them unblocked)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out,
+                                                stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                                                preexec_fn=_unblock_stop_signals)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self, *, api: bool = True, workers: bool = True, timeout_s: float = 60.0) -> None:
         self.prepare()

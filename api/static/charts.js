@@ -5,6 +5,7 @@
  * TensorBoard draws it). `chart.u.data` is what uPlot plots; `chart.raw` is the data as the API sent it. */
 (function () {
   "use strict";
+  const MAX_POINTS = 4000;  // per series; the API sends at most 1,000, the live tail adds one per step
   const PALETTE = ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
 
   function ema(values, weight) {
@@ -86,6 +87,10 @@
         const i = s.steps.indexOf(step);
         if (i >= 0) s.values[i] = value;
         else { const j = s.steps.findIndex((x) => x > step); s.steps.splice(j, 0, step); s.values.splice(j, 0, value); }
+      }
+      if (s.steps.length > MAX_POINTS) {  // a long live tail: halve it (every other point, the newest kept)
+        const keep = (_, i, a) => i % 2 === 0 || i === a.length - 1;
+        s.steps = s.steps.filter(keep); s.values = s.values.filter(keep);
       }
       return true;
     }

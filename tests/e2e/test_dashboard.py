@@ -192,3 +192,18 @@ def test_pages_have_labelled_controls_and_readable_contrast(page, service, finis
         assert page.evaluate(UNLABELLED) == [], path
         contrast = page.evaluate(CONTRAST)
         assert contrast["failing"] == [] and contrast["checked"] >= 10, (path, contrast)
+
+
+def test_a_long_live_tail_stays_bounded_in_the_browser(page, service) -> None:
+    sign_in(page, service, service.api_key, "/ui/queue")  # any page: charts.js is loaded on all
+    tail = page.evaluate("""() => {
+      const c = new RladCharts.Chart(document.querySelector('main'), {id: 'probe', title: 'probe', yLabel: 'v'});
+      c.raw = [{label: 'v', key: 'v', steps: [], values: [], smooth: true, color: '#0b5cad'}];
+      for (let step = 1; step <= 20000; step++) c.append('v', step, step / 2);
+      c.redraw();
+      const s = c.raw[0];
+      return {n: s.steps.length, first: s.steps[0], last: s.steps[s.steps.length - 1],
+              sorted: s.steps.every((x, i) => i === 0 || x > s.steps[i - 1]),
+              values: s.steps.every((x, i) => s.values[i] === x / 2), drawn: c.u.data[0].length}; }""")
+    assert 2000 <= tail["n"] <= 4000 and tail["first"] == 1 and tail["last"] == 20000
+    assert tail["sorted"] and tail["values"] and tail["drawn"] == tail["n"]
