@@ -1,0 +1,374 @@
+"""`rlad bench paper-mini`: the paper's comparison (arXiv 2602.22495, Table 1; alpha ablation: Table 5) in
+miniature, on CPU, with models the project builds itself.
+
+1. Models (cached under the work directory): per task a teacher (a larger tiny Llama, SFT-trained on the
+   task's reference solution traces until strong) and a smaller student, briefly SFT-warmed so that its
+   accuracy is low but not zero (RL needs some reward signal).
+2. Runs: from the same student start, on the same prompts (the seed fixes the prompt stream and the
+   held-out set) and with the same number of student updates: grpo, kdrl, rlad (alpha 0.5), opd, and sft on
+   reject-sampled teacher traces (`sft_source: teacher`), for each seed of the preset.
+3. Evaluation on the held-out set by difficulty (the paper's PPL2..PPLn columns): greedy accuracy, pass@k.
+4. Output (`out`): `results.json` (every number), `tables.md` (the paper's layouts, mean and spread over
+   seeds), `curves-<task>.png` (reward and held-out accuracy against step), `ablation-<task>.png`.
+5. Alpha ablation on one task.
+
+Hyperparameter budget: every method runs with ONE shared configuration (`Preset.shared`: learning rate,
+batch, group, length, schedule) and the paper's defaults for its own coefficients (rlad alpha 0.5 and
+clamp 1; kdrl k2 with coefficient 0.002; clip 0.2/0.28). Nothing is tuned per method; what was tried is
+recorded in `results.json` (`hyperparameters`).
+
+`via_api`: every run is submitted as a job to a running service (the dashboard's compare page then shows
+them side by side) instead of running in this process; models must be readable by the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    key: str                      # short name in file names and tables
+    task: dict[str, Any]          # TrainConfig.task
+    column: str                   # difficulty column prefix: PPL (people) or L (level)
+    teacher: tuple[str, int]      # (tiny model size, SFT steps on reference traces)
+    student: tuple[str, int]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    tasks: tuple[TaskSetup, ...]
+    seeds: tuple[int, ...]
+    steps: int                    # student updates per run, the same for every method
+    shared: dict[str, Any]        # one configuration for every method (see the module docstring)
+    alphas: tuple[float, ...]
+    ablation_task: str
+    ablation_seeds: tuple[int, ...]
+    methods: tuple[str, ...] = METHODS
+    max_positions: int = 768
+
+
+KK = {"name": "knights_knaves", "n_people": [2, 3, 4, 5]}
+ARITH = {"name": "arithmetic", "levels": [1, 2, 3]}
+SHARED = {"batch_size": 32, "group_size": 8, "lr": 1e-3, "warmup_steps": 2, "lr_schedule": "constant",
+          "temperature": 1.0, "eval_size": 64, "eval_pass_k": 4, "log_samples": 2, "checkpoint_every": 0}
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset(
+        name="full",
+        tasks=(TaskSetup("kk", KK, "PPL", ("small", 800), ("mini", 150), 200),
+               TaskSetup("arith", ARITH, "L", ("small", 600), ("mini", 120), 32)),
+        seeds=(0, 1, 2), steps=40, shared={**SHARED, "eval_every": 10},
+        alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0), ablation_task="arith", ablation_seeds=(0, 1, 2)),
+    "quick": Preset(
+        name="quick",
+        tasks=(TaskSetup("kk", {**KK, "n_people": [2, 3, 4]}, "PPL", ("mini", 300), ("mini", 60), 160),
+               TaskSetup("arith", ARITH, "L", ("mini", 300), ("micro", 80), 32)),
+        seeds=(0,), steps=12, shared={**SHARED, "eval_every": 6, "eval_size": 32},
+        alphas=(0.1, 0.5, 1.0), ablation_task="arith", ablation_seeds=(0,)),
+    "tiny": Preset(  # the test's preset: the whole pipeline in about a minute, numbers meaningless
+        name="tiny",
+        tasks=(TaskSetup("arith", {"name": "arithmetic", "levels": [1, 2]}, "L", ("micro", 4), ("micro", 2), 8),),
+        seeds=(0, 1), steps=2, shared={**SHARED, "batch_size": 8, "group_size": 4, "eval_every": 1, "eval_size": 4},
+        alphas=(0.5, 1.0), ablation_task="arith", ablation_seeds=(0,), max_positions=128),
+}
+
+
+@dataclass
+class Run:
+    task: str
+    method: str
+    seed: int
+    alpha: float | None = None
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # key -> [[step, value], ...]
+    final: dict[str, float] = field(default_factory=dict)               # eval/* at the last step
+    seconds: float = 0.0
+    job_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.method}" + (f"-a{self.alpha:g}" if self.alpha is not None else "") + f"-s{self.seed}"
+
+
+# ----- models -----------------------------------------------------------------------------------------------
+def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[[str], Any]) -> dict[str, Any]:
+    """(teacher, student) SFT-warmed on reference traces, cached; with their held-out accuracy."""
+    from rlad_core.checkpoint import latest_checkpoint
+    from rlad_core.config import TrainConfig
+    from rlad_core.models import TINY_SIZES, save_tiny_model
+    from rlad_core.reporting import ConsoleReporter, JsonlReporter, MultiReporter
+    from rlad_core.trainer import train
+
+    out: dict[str, Any] = {}
+    for role, seed in (("teacher", 1), ("student", 0)):
+        size, steps = getattr(setup, role)
+        run_dir = workdir / "models" / setup.key / f"{role}-{size}-sft{steps}"
+        done = latest_checkpoint(run_dir / "checkpoints")
+        if done is None or done.name != f"step-{steps}":
+            log(f"{setup.key}: {role}: a tiny '{size}' model, {steps} SFT steps on reference solutions")
+            init = save_tiny_model(run_dir / "init", replace(TINY_SIZES[size], max_position_embeddings=preset.max_positions),
+                                   seed=seed)
+            config = TrainConfig(name=f"{setup.key}-{role}-sft", method="sft", sft_source="reference", student=str(init),
+                                 task=setup.task, steps=steps, batch_size=64, group_size=8, lr=3e-3, warmup_steps=min(5, steps),
+                                 max_new_tokens=setup.max_new_tokens, eval_every=steps, eval_size=preset.shared["eval_size"],
+                                 checkpoint_every=0, log_samples=0, seed=seed, output_dir=str(run_dir))
+            reporter = MultiReporter(ConsoleReporter(steps, description=f"{setup.key} {role} SFT"), JsonlReporter(run_dir))
+            try:
+                result = train(config, reporter=reporter)
+            finally:
+                reporter.close()
+            (run_dir / "eval.json").write_text(json.dumps(result.eval_after))
+            done = result.checkpoint
+        else:
+            log(f"{setup.key}: {role}: reusing {done}")
+        out[role] = done
+        out[f"{role}_eval"] = json.loads((run_dir / "eval.json").read_text())
+    return out
+
+
+# ----- runs -------------------------------------------------------------------------------------------------
+def run_spec(preset: Preset, setup: TaskSetup, models: dict[str, Any], method: str, seed: int,
+             alpha: float | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {**preset.shared, "method": method, "student": str(Path(models["student"]).resolve()),
+                            "teacher": str(Path(models["teacher"]).resolve()), "task": setup.task,
+                            "steps": preset.steps, "seed": seed, "max_new_tokens": setup.max_new_tokens}
+    if method == "rlad":
+        spec["alpha"] = 0.5 if alpha is None else alpha
+    if method == "sft":
+        spec["sft_source"] = "teacher"  # reject-sampled teacher traces (offline distillation)
+    return spec
+
+
+def _collect(run: Run, rows: list[tuple[int, dict[str, float]]]) -> Run:
+    curves: dict[str, list[list[float]]] = {}
+    for step, values in rows:
+        for k, v in values.items():
+            if (k == "reward_mean" or k.startswith("eval/")) and v is not None and math.isfinite(v):
+                curves.setdefault(k, []).append([step, v])
+    run.curves = curves
+    last = max((pts[-1][0] for k, pts in curves.items() if k.startswith("eval/")), default=None)
+    run.final = {k: pts[-1][1] for k, pts in curves.items() if k.startswith("eval/") and pts[-1][0] == last}
+    return run
+
+
+def run_local(spec: dict[str, Any], run: Run, run_dir: Path) -> Run:
+    from rlad_core.config import TrainConfig
+    from rlad_core.reporting import ConsoleReporter, JsonlReporter, MemoryReporter, MultiReporter
+    from rlad_core.trainer import train
+
+    config = TrainConfig(**spec, name=run.name, output_dir=str(run_dir))
+    memory = MemoryReporter()
+    reporter = MultiReporter(ConsoleReporter(config.steps, description=run.name), JsonlReporter(run_dir), memory)
+    t = time.perf_counter()
+    try:
+        train(config, reporter=reporter)
+    finally:
+        reporter.close()
+    run.seconds = time.perf_counter() - t
+    return _collect(run, memory.metric_rows)
+
+
+def run_via_api(spec: dict[str, Any], run: Run, url: str, api_key: str | None) -> Run:
+    from rlad.client import Client, resolve_api_key
+
+    with Client(url, api_key=api_key or resolve_api_key(), timeout=60) as client:
+        t = time.perf_counter()
+        job = client.submit({**spec, "name": run.name}, idempotency_key=f"paper-mini-{run.name}-{time.time_ns()}")
+        run.job_id = job["id"]
+        done = client.wait(job["id"])
+        run.seconds = time.perf_counter() - t
+        if done["status"] != "succeeded":
+            raise RuntimeError(f"{run.name}: job {job['id']} ended {done['status']}: {done.get('error_message')}")
+        data = client.metrics(job["id"], max_points=10_000)
+    rows: dict[int, dict[str, float]] = {}
+    for s in data["series"]:
+        for step, v in zip(s["steps"], s["values"], strict=True):
+            if v is not None:
+                rows.setdefault(step, {})[s["key"]] = v
+    return _collect(run, sorted(rows.items()))
+
+
+# ----- the suite --------------------------------------------------------------------------------------------
+def run_suite(preset: Preset, workdir: Path, out: Path, *, via_api: str | None = None, api_key: str | None = None,
+              log: Callable[[str], Any] = print) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"preset": asdict(preset), "via_api": via_api, "hyperparameters": {
+        "shared": preset.shared, "tried": "one configuration for every method; nothing tuned per method",
+        "method_defaults": {"rlad": "alpha 0.5, teacher clamp c=1", "kdrl": "k2 estimator, coefficient 0.002",
+                            "opd": "per-token advantage teacher_logp - old_logp", "sft": "reject-sampled teacher traces",
+                            "clip": "eps_low 0.2, eps_high 0.28"}},
+        "models": {}, "runs": []}
+    for setup in preset.tasks:
+        models = build_models(preset, setup, workdir, log)
+        results["models"][setup.key] = {"teacher": str(models["teacher"]), "student": str(models["student"]),
+                                        "teacher_eval": models["teacher_eval"], "student_eval": models["student_eval"]}
+        plan = [(m, s, None) for s in preset.seeds for m in preset.methods]
+        if setup.key == preset.ablation_task:
+            plan += [("rlad", s, a) for s in preset.ablation_seeds for a in preset.alphas if a != 0.5]
+        for method, seed, alpha in plan:
+            run = Run(setup.key, method, seed, alpha)
+            run_dir = workdir / "runs" / run.name
+            cached = run_dir / "run.json"
+            spec = run_spec(preset, setup, models, method, seed, alpha)
+            if cached.exists() and json.loads(cached.read_text()).get("spec") == spec:
+                log(f"{run.name}: reusing {cached}")
+                run = Run(**{k: v for k, v in json.loads(cached.read_text()).items() if k != "spec"})
+            else:
+                log(f"{run.name}: {preset.steps} steps")
+                run = run_via_api(spec, run, via_api, api_key) if via_api else run_local(spec, run, run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps({**asdict(run), "spec": spec}))
+            results["runs"].append(asdict(run))
+    results["seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "tables.md").write_text(tables(results))
+    plots(results, out)
+    return results
+
+
+# ----- report -----------------------------------------------------------------------------------------------
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _difficulties(results: dict[str, Any], task: str) -> list[int]:
+    keys = {k for r in results["runs"] if r["task"] == task for k in r["final"] if k.startswith("eval/accuracy/d")}
+    return sorted(int(k.rsplit("/d", 1)[1]) for k in keys)
+
+
+def _table(results: dict[str, Any], task: str, rows: list[tuple[str, list[dict]]], metric: str, column: str,
+           first: str = "Method") -> list[str]:
+    diffs = _difficulties(results, task)
+    head = [first] + [f"{column}{d}" for d in diffs] + ["Avg"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in rows:
+        cells = [_mean_spread([r["final"][f"eval/{metric}/d{d}"] for r in runs if f"eval/{metric}/d{d}" in r["final"]])
+                 for d in diffs]
+        cells.append(_mean_spread([r["final"][f"eval/{metric}"] for r in runs if f"eval/{metric}" in r["final"]]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tables(results: dict[str, Any]) -> str:
+    preset = results["preset"]
+    k = preset["shared"]["eval_pass_k"]
+    out = [f"# Paper in miniature: preset `{preset['name']}`", "",
+           f"Held-out accuracy (%) by difficulty after {preset['steps']} student updates, mean ± standard deviation "
+           f"over seeds {list(preset['seeds'])}; every method from the same SFT-warmed student, the same prompts and "
+           f"one shared configuration. Total time {results['seconds'] / 60:.1f} min.", ""]
+    for setup in preset["tasks"]:
+        task, column = setup["key"], setup["column"]
+        runs = [r for r in results["runs"] if r["task"] == task]
+        models = results["models"][task]
+        by_method = [(m, [r for r in runs if r["method"] == m and r["alpha"] is None]) for m in preset["methods"]]
+        start = [("student (start)", [{"final": models["student_eval"]}]), ("teacher", [{"final": models["teacher_eval"]}])]
+        options = ", ".join(f"{k} {v}" for k, v in setup["task"].items() if k != "name")
+        out += [f"## {task}: {setup['task']['name']} ({options})", "", "Greedy accuracy (Table 1 layout):", ""]
+        out += _table(results, task, start + by_method, "accuracy", column) + [""]
+        out += [f"pass@{k}:", ""] + _table(results, task, start + by_method, f"pass@{k}", column) + [""]
+        if task == preset["ablation_task"]:
+            rows = []
+            for a in sorted(set(preset["alphas"]) | {0.5}):
+                rs = [r for r in runs if r["method"] == "rlad" and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None))
+                      and r["seed"] in preset["ablation_seeds"]]
+                rows.append((f"alpha {a:g}" + (" (= GRPO)" if a == 1.0 else ""), rs))
+            out += [f"Alpha ablation (Table 5 layout), seeds {list(preset['ablation_seeds'])}:", ""]
+            out += _table(results, task, rows, "accuracy", column, first="alpha") + [""]
+        out += reading(results, task, column) + [""]
+    return "\n".join(out)
+
+
+def reading(results: dict[str, Any], task: str, column: str) -> list[str]:
+    """Which method is ahead where, and whether the gap is larger than the seeds' spread (no claims beyond)."""
+    runs = [r for r in results["runs"] if r["task"] == task and r["alpha"] is None]
+    methods = results["preset"]["methods"]
+    lines = ["Reading (computed):", ""]
+    for d in _difficulties(results, task) + [None]:
+        key = "eval/accuracy" + (f"/d{d}" if d is not None else "")
+        stats = {}
+        for m in methods:
+            vals = [r["final"][key] for r in runs if r["method"] == m and key in r["final"]]
+            if vals:
+                stats[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        if not stats:
+            continue
+        ranked = sorted(stats.items(), key=lambda kv: -kv[1][0])
+        (best, (mb, sb)), rest = ranked[0], ranked[1:]
+        if len(rest) == 0:
+            continue
+        second, (m2, s2) = rest[0]
+        where = f"{column}{d}" if d is not None else "average"
+        if mb - m2 < 1e-9:
+            tied = [m for m, (v, _) in ranked if abs(v - mb) < 1e-9]
+            lines.append(f"- {where}: {', '.join(tied)} tied at {100 * mb:.1f}%.")
+            continue
+        clear = mb - sb > m2 + s2
+        verdict = "ahead beyond one standard deviation" if clear else "within the spread of the seeds (not separable)"
+        lines.append(f"- {where}: best {best} {100 * mb:.1f}%, next {second} {100 * m2:.1f}%: {verdict}.")
+    return lines
+
+
+def plots(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preset = results["preset"]
+    colors = dict(zip(METHODS, ["#0b5cad", "#c2410c", "#15803d", "#7c3aed", "#b91c1c"], strict=True))
+    for setup in preset["tasks"]:
+        task = setup["key"]
+        runs = [r for r in results["runs"] if r["task"] == task and r["alpha"] is None]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        for ax, key, title in ((axes[0], "reward_mean", "training reward (mean over rollouts)"),
+                               (axes[1], "eval/accuracy", "held-out greedy accuracy")):
+            for m in preset["methods"]:
+                series = [r["curves"].get(key, []) for r in runs if r["method"] == m]
+                series = [s for s in series if s]
+                if not series:
+                    continue
+                steps = sorted({p[0] for s in series for p in s})
+                mean = [statistics.mean([dict(map(tuple, s)).get(x) for s in series if x in dict(map(tuple, s))])
+                        for x in steps]
+                ax.plot(steps, mean, label=f"{m} (n={len(series)})", color=colors[m], marker="o" if len(steps) < 30 else None)
+            ax.set_xlabel("student update (step)")
+            ax.set_ylabel("reward" if key == "reward_mean" else "accuracy (fraction)")
+            ax.set_title(f"{task}: {title}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.savefig(out / f"curves-{task}.png", dpi=110)
+        plt.close(fig)
+        if task == preset["ablation_task"]:
+            fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+            alphas, means = [], []
+            for a in sorted(set(preset["alphas"]) | {0.5}):
+                vals = [r["final"].get("eval/accuracy") for r in results["runs"] if r["task"] == task and r["method"] == "rlad"
+                        and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None)) and r["seed"] in preset["ablation_seeds"]]
+                vals = [v for v in vals if v is not None]
+                if vals:
+                    alphas.append(a)
+                    means.append(statistics.mean(vals))
+            ax.plot(alphas, means, marker="o", color="#15803d")
+            ax.set_xlabel("alpha (1.0 = GRPO)")
+            ax.set_ylabel("held-out greedy accuracy (fraction)")
+            ax.set_title(f"{task}: RLAD alpha ablation")
+            ax.grid(alpha=0.3)
+            fig.savefig(out / f"ablation-{task}.png", dpi=110)
+            plt.close(fig)
