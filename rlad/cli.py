@@ -610,7 +610,7 @@ def paper_mini(
     target = out or (Path("docs/paper-mini") if name == "full" else Path("docs/paper-mini") / name)
     with _service_errors():  # --via-api: an unreachable service or a refused job is a message, not a traceback
         results = run_suite(PRESETS[name], workdir / name, target, via_api=via_api, log=lambda m: console.print(escape(m)))
-    console.print(f"{len(results['runs'])} runs in {results['seconds'] / 60:.1f} min; "
+    console.print(f"{len(results['runs'])} runs ({results.get('reused', 0)} reused) in {results['seconds'] / 60:.1f} min; "
                   f"tables: {target / 'tables.md'}, plots and results.json in {target}")
 
 
