@@ -32,6 +32,8 @@ class KnightsKnavesTaskConfig(_Strict):
 
     name: Literal["knights_knaves"] = "knights_knaves"
     n_people: list[int] = Field(default=[2, 3, 4, 5], description="puzzle sizes to generate (2..8)")
+    reasoning: bool = Field(default=True, description="reference solutions carry a check line per speaker before the "
+                                                      "answer line (false: the answer line only)")
 
     @field_validator("n_people")
     @classmethod

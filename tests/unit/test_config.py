@@ -96,3 +96,13 @@ def test_load_config_overrides_and_file_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_knights_knaves_reasoning_option_reaches_the_task() -> None:
+    from rlad_core.tasks import get_task
+
+    cfg = parse_config({**BASE, "task": {"name": "knights_knaves", "n_people": [2], "reasoning": False}})
+    task = get_task(cfg.task.name, **cfg.task.model_dump(exclude={"name"}))
+    example = task.examples(1, seed=0)[0]
+    assert task.solution(example) == f"ANSWER: {example.answer}"
+    assert parse_config({**BASE, "task": {"name": "knights_knaves"}}).task.reasoning is True
