@@ -30,6 +30,10 @@ class Reporter:
     def checkpoint(self, step: int, path: Path, metrics: Mapping[str, float]) -> None:
         """A checkpoint was written completely (atomically) at `path`."""
 
+    def sync(self) -> None:
+        """Make everything reported so far durable. Called just before a checkpoint is written: a run that
+        dies after the write resumes from it, so the metrics of the steps it covers must not be lost."""
+
     def samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
         """A few rollouts of the step ({"prompt", "completion", "reward", "correct"}) for people to read."""
 
@@ -65,6 +69,10 @@ class MultiReporter(Reporter):
     def samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
         for r in self.reporters:
             r.samples(step, rows)
+
+    def sync(self) -> None:
+        for r in self.reporters:
+            r.sync()
 
     def heartbeat(self, step: int) -> None:
         for r in self.reporters:

@@ -520,6 +520,7 @@ def _checkpoint(config: TrainConfig, run: _Run, reporter: Reporter, step: int, m
              "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": config.to_json_dict(),
              "skipped_steps": skipped, "consecutive_nonfinite": consecutive_nonfinite}
     root = run.out_dir / "checkpoints"
+    reporter.sync()  # the metrics up to `step` are durable before a resume could start after them
     path = save_checkpoint(root, step, model=run.student, tokenizer=run.tokenizer, trainer_state=state,
                            metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
     if config.keep_checkpoints:

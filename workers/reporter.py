@@ -82,6 +82,9 @@ class JobReporter(Reporter):
             states.add_event(s, job, EventKind.checkpoint_saved, step=step, location=location)
         log.info("job %s: checkpoint step %d recorded", self.job_id, step)
 
+    def sync(self) -> None:
+        self.flush()
+
     def heartbeat(self, step: int) -> None:
         if (self.pending or self.pending_samples) and time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()

@@ -146,3 +146,22 @@ def test_checkpoint_of_a_run_loads_and_generates(tmp_path, warm_dirs):
     out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert len(text) > 0
+
+
+def test_every_metric_a_checkpoint_covers_is_synced_before_the_checkpoint_is_written(tmp_path, warm_dirs):
+    """A run killed right after writing a checkpoint resumes from it: the reporter must already have made the
+    metrics of every step up to it durable (the service's reporter writes them to the database in sync)."""
+
+    class Recorder(MemoryReporter):
+        def __init__(self, root):
+            super().__init__()
+            self.root, self.syncs = root, []
+
+        def sync(self):
+            written = sorted(p.name for p in (self.root / "checkpoints").glob("step-*")) if self.root.exists() else []
+            self.syncs.append((max((s for s, _ in self.metric_rows), default=0), written))
+
+    rec = Recorder(tmp_path / "run")
+    train(config(tmp_path, warm_dirs, steps=4, checkpoint_every=2), reporter=rec)
+    # at each sync, the metrics of the step about to be saved are in, and that checkpoint is not written yet
+    assert rec.syncs == [(2, []), (4, ["step-2"])]
