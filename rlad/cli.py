@@ -507,8 +507,12 @@ def up(
 
     from rlad.service import LocalService
 
+    stopping = {"now": False}
+
     def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
+        if not stopping["now"]:  # once: a second signal must not cut the shutdown short
+            stopping["now"] = True
+            raise KeyboardInterrupt
 
     # from the first moment: a SIGTERM while starting must still stop what was started (no orphans)
     signal.signal(signal.SIGTERM, interrupt)
@@ -534,6 +538,7 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
+        stopping["now"] = True
         console.print("stopping ...")
         svc.stop()
 
