@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.deps import SESSION_COOKIE, Caller, ReadSessionDep, SettingsDep, caller_for_key
 from api.routes.jobs import job_public
+from rlad_core.config import METHODS
 from store import jobs as job_store
 from store.errors import NotFound
 from store.models import JobStatus
@@ -27,7 +28,6 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 router = APIRouter(include_in_schema=False)
 
-METHODS = ["rlad", "grpo", "kdrl", "opd", "sft"]
 MAX_COMPARE = 5
 
 
@@ -89,7 +89,8 @@ def logout() -> RedirectResponse:
 def jobs_page(request: Request, caller: PageCaller) -> Response:
     if caller is None:
         return _to_login(request)
-    return _page(request, "jobs.html", caller, page="jobs", statuses=[s.value for s in JobStatus], methods=METHODS)
+    return _page(request, "jobs.html", caller, page="jobs", statuses=[s.value for s in JobStatus],
+                 methods=list(METHODS))
 
 
 @router.get("/ui/jobs/{job_id}", response_model=None)

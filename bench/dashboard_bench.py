@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.service_bench import PG_ADMIN, free_port, start, stop  # noqa: E402
+from bench.service_bench import BenchDatabase, free_port, start, stop  # noqa: E402
 
 TRAIN_KEYS = ["reward_mean", "reward_std", "accuracy", "format_rate", "frac_zero_std_groups", "loss", "clip_frac_low",
               "clip_frac_high", "teacher_gap", "entropy", "ratio_mean", "grad_norm", "response_length_mean",
@@ -43,14 +40,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    db = f"rlad_dash_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{db}"'))
-    work = Path(tempfile.mkdtemp(prefix="rlad-dash-"))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db}"
-    env = {**os.environ, "RLAD_DATABASE_URL": url, "RLAD_DATA_DIR": str(work), "RLAD_BROKER_URL": "memory://"}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("RLAD_")})
+    bench = BenchDatabase.create("rlad_dash")
+    url, env = bench.url, bench.env
     results: dict = {"steps": args.steps, "jobs": args.jobs, "keys": len(TRAIN_KEYS) + len(EVAL_KEYS)}
     api = None
     try:
@@ -129,12 +120,7 @@ def main() -> None:
     finally:
         if api is not None:
             stop(api)
-        from store.db import reset_caches
-
-        reset_caches()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        admin.dispose()
+        bench.drop()
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -108,6 +110,40 @@ def download_mb_s(url: str, headers: dict[str, str], size: int, reps: int) -> fl
     return best
 
 
+@dataclass
+class BenchDatabase:
+    """A fresh PostgreSQL database and data directory for one benchmark run, in this process's RLAD_ settings
+    and in `env` (for the servers it starts); `drop()` removes both."""
+
+    name: str
+    url: str
+    work: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, prefix: str) -> BenchDatabase:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        env = {**os.environ, "RLAD_DATABASE_URL": url, "RLAD_DATA_DIR": str(work), "RLAD_BROKER_URL": "memory://"}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("RLAD_")})
+        return cls(name, url, work, env)
+
+    def drop(self) -> None:
+        from store.db import reset_caches
+
+        reset_caches()
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
@@ -119,14 +155,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    db = f"rlad_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{db}"'))
-    work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db}"
-    env = {**os.environ, "RLAD_DATABASE_URL": url, "RLAD_DATA_DIR": str(work), "RLAD_BROKER_URL": "memory://"}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("RLAD_")})
+    bench = BenchDatabase.create("rlad_bench")
+    url, work, env = bench.url, bench.work, bench.env
     results: dict = {"machine": f"{os.cpu_count()} cores", "workers": args.workers, "connections": args.connections}
     procs: list[subprocess.Popen] = []
     try:
@@ -264,12 +294,7 @@ def main() -> None:
                 stop(p)
             except Exception:
                 p.kill()
-        from store.db import reset_caches
-
-        reset_caches()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        subprocess.run(["rm", "-rf", str(work)])
+        bench.drop()
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")
+METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")  # rlad_core.config.METHODS in the paper's table order
 
 
 @dataclass(frozen=True)
@@ -351,13 +351,11 @@ def plots(results: dict[str, Any], out: Path) -> None:
         for ax, key, title in ((axes[0], "reward_mean", "training reward (mean over rollouts)"),
                                (axes[1], "eval/accuracy", "held-out greedy accuracy")):
             for m in preset["methods"]:
-                series = [r["curves"].get(key, []) for r in runs if r["method"] == m]
-                series = [s for s in series if s]
+                series = [dict(r["curves"][key]) for r in runs if r["method"] == m and r["curves"].get(key)]
                 if not series:
                     continue
-                steps = sorted({p[0] for s in series for p in s})
-                mean = [statistics.mean([dict(map(tuple, s)).get(x) for s in series if x in dict(map(tuple, s))])
-                        for x in steps]
+                steps = sorted({x for s in series for x in s})
+                mean = [statistics.mean([s[x] for s in series if x in s]) for x in steps]
                 ax.plot(steps, mean, label=f"{m} (n={len(series)})", color=colors[m], marker="o" if len(steps) < 30 else None)
             ax.set_xlabel("student update (step)")
             ax.set_ylabel("reward" if key == "reward_mean" else "accuracy (fraction)")
