@@ -57,10 +57,10 @@ def test_sigterm_while_starting_stops_everything_it_started(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(data), "--port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not (data / "logs").exists():  # the first process is spawned; the API is not ready yet
+    # wait until `rlad up` has spawned its first process (the API is not ready yet)
+    while not [p for p in _processes_of(data.resolve()) if p != proc.pid]:
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    assert [p for p in _processes_of(data.resolve()) if p != proc.pid]
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopping" in out, out
