@@ -34,6 +34,9 @@ class KnightsKnavesTaskConfig(_Strict):
     n_people: list[int] = Field(default=[2, 3, 4, 5], description="puzzle sizes to generate (2..8)")
     reasoning: bool = Field(default=True, description="reference solutions carry a check line per speaker before the "
                                                       "answer line (false: the answer line only)")
+    prompt_style: Literal["english", "compact"] = Field(
+        default="english", description="english: the Logic-RL wording; compact: names A, B, ... and statements in "
+                                       "symbols (A: B=knave & A=knight), about a fifth of the characters (ours)")
 
     @field_validator("n_people")
     @classmethod

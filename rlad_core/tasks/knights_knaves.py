@@ -24,6 +24,15 @@ then the answer line:
     Bob=knave; Ann!=Bob: false
     ANSWER: Ann=knight, Bob=knave
 
+Compact prompts (`prompt_style="compact"`, a documented option of ours for character-level tiny models, which
+the English prompt's length puts out of reach on a CPU): the same puzzles, names A, B, C, ... in order and each
+statement in the notation of the check lines, about a fifth of the characters:
+
+    Knights tell the truth, knaves lie.
+    A: B=knave & A=knight
+    B: A!=B
+    ANSWER?
+
 Answer format: a line starting with `ANSWER:` followed by `Name=role` pairs, role `knight` or `knave`, for
 every person exactly once. The verifier tolerates whitespace, any order of people, any letter case of names,
 roles and the marker, separators `,` `;` or spaces, and a trailing period. The answer counts as *formatted*
@@ -55,6 +64,12 @@ UNPARSEABLE_PENALTY: float = -2.0
 
 MIN_PEOPLE, MAX_PEOPLE = 2, 8
 STATEMENT_KINDS: tuple[str, ...] = ("knight", "knave", "and", "or", "if", "same", "different")
+
+#: Names in compact prompts: one letter each, in order.
+COMPACT_NAMES: tuple[str, ...] = tuple("ABCDEFGH")
+PROMPT_STYLES: tuple[str, ...] = ("english", "compact")
+COMPACT_HEADER = "Knights tell the truth, knaves lie."
+COMPACT_QUESTION = "ANSWER?"
 
 #: Short, distinct, ASCII names; none is a prefix of another, none is an English word used in the prompts.
 NAMES: tuple[str, ...] = (
@@ -127,6 +142,7 @@ class KnightsKnavesTask:
         n_people: puzzle sizes to generate, each in 2..8 (default 2, 3, 4, 5), assigned round-robin.
         statement_kinds: which of `STATEMENT_KINDS` statements may use (default all).
         reasoning: whether `solution()` includes the per-speaker check lines (default True) or only the answer.
+        prompt_style: "english" (default, the Logic-RL wording) or "compact" (see the module docstring).
         format_reward, format_penalty, correct_reward, wrong_penalty, unparseable_penalty: the reward terms
             (defaults: Logic-RL's +1 / -1 and +2 / -1.5 / -2, see the module docstring).
         eval_share: share of the prompt space reserved for the eval split (default `base.EVAL_SHARE`).
@@ -140,6 +156,7 @@ class KnightsKnavesTask:
         *,
         statement_kinds: Sequence[str] = STATEMENT_KINDS,
         reasoning: bool = True,
+        prompt_style: str = "english",
         format_reward: float = FORMAT_REWARD,
         format_penalty: float = FORMAT_PENALTY,
         correct_reward: float = CORRECT_REWARD,
@@ -155,11 +172,14 @@ class KnightsKnavesTask:
         unknown = [k for k in kinds if k not in STATEMENT_KINDS]
         if not kinds or unknown:
             raise ValueError(f"statement_kinds={list(statement_kinds)} must be a non-empty subset of {STATEMENT_KINDS}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style={prompt_style!r} must be one of {PROMPT_STYLES}")
         if not 0.0 < eval_share < 1.0:
             raise ValueError(f"eval_share={eval_share} must be strictly between 0 and 1")
         self.n_people: tuple[int, ...] = tuple(sizes)
         self.statement_kinds = kinds
         self.reasoning = reasoning
+        self.prompt_style = prompt_style
         self.format_reward, self.format_penalty = format_reward, format_penalty
         self.correct_reward, self.wrong_penalty, self.unparseable_penalty = correct_reward, wrong_penalty, unparseable_penalty
         self.eval_share = eval_share
@@ -204,12 +224,15 @@ class KnightsKnavesTask:
     # --- generation ----------------------------------------------------------------------------------------
 
     def _puzzle(self, rng: random.Random, n: int) -> Example:
-        names = rng.sample(NAMES, n)
+        compact = self.prompt_style == "compact"
+        names = list(COMPACT_NAMES[:n]) if compact else rng.sample(NAMES, n)
         target, statements = self._unique_statements(rng, n)
         knights = [bool(target >> i & 1) for i in range(n)]
-        lines = [HEADER]
-        lines += [f'{names[i]} says: "{_capitalize(_english(s, names))}."' for i, s in enumerate(statements)]
-        lines.append(QUESTION)
+        if compact:
+            lines = [COMPACT_HEADER, *(f"{names[i]}: {_compact(s, names)}" for i, s in enumerate(statements)), COMPACT_QUESTION]
+        else:
+            lines = [HEADER, *(f'{names[i]} says: "{_capitalize(_english(s, names))}."' for i, s in enumerate(statements)),
+                     QUESTION]
         return Example(
             prompt="\n".join(lines),
             answer=format_answer(list(zip(names, knights, strict=True))),

@@ -106,3 +106,13 @@ def test_knights_knaves_reasoning_option_reaches_the_task() -> None:
     example = task.examples(1, seed=0)[0]
     assert task.solution(example) == f"ANSWER: {example.answer}"
     assert parse_config({**BASE, "task": {"name": "knights_knaves"}}).task.reasoning is True
+
+
+def test_knights_knaves_prompt_style_reaches_the_task_and_is_checked() -> None:
+    from rlad_core.tasks import get_task
+
+    cfg = parse_config({**BASE, "task": {"name": "knights_knaves", "n_people": [3], "prompt_style": "compact"}})
+    task = get_task(cfg.task.name, **cfg.task.model_dump(exclude={"name"}))
+    assert task.examples(1, seed=0)[0].prompt.splitlines()[1].startswith("A: ")
+    with pytest.raises(ConfigError, match="prompt_style"):
+        parse_config({**BASE, "task": {"name": "knights_knaves", "prompt_style": "short"}})

@@ -233,3 +233,43 @@ def test_reward_values_are_configurable() -> None:
 def test_invalid_options_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         KnightsKnavesTask(**bad)
+
+
+# --- compact prompts --------------------------------------------------------------------------------------------
+
+
+def _compact_truth(claim: str, roles: dict[str, bool]) -> bool:
+    """Evaluate a compact claim (`B=knave & A=knight`, `A!=B`, `C=knave => B=knave`) independently of the task."""
+    for op, fn in ((" => ", lambda a, b: (not a) or b), (" & ", lambda a, b: a and b), (" | ", lambda a, b: a or b)):
+        if op in claim:
+            left, right = claim.split(op)
+            return fn(_compact_truth(left, roles), _compact_truth(right, roles))
+    if m := re.fullmatch(r"([A-H])(==|!=)([A-H])", claim):
+        same = roles[m[1]] == roles[m[3]]
+        return same if m[2] == "==" else not same
+    m = re.fullmatch(r"([A-H])=(knight|knave)", claim)
+    assert m, claim
+    return roles[m[1]] == (m[2] == "knight")
+
+
+def test_compact_prompts_state_the_same_kind_of_puzzle_with_one_solution() -> None:
+    task = KnightsKnavesTask(n_people=(2, 3, 4, 5), prompt_style="compact")
+    for e in task.examples(40, seed=5):
+        lines = e.prompt.splitlines()
+        assert lines[0] == "Knights tell the truth, knaves lie." and lines[-1] == "ANSWER?"
+        speakers = [re.fullmatch(r"([A-H]): (.+)", line).groups() for line in lines[1:-1]]
+        names = [s for s, _ in speakers]
+        assert names == list("ABCDEFGH"[: e.difficulty])
+        consistent = []
+        for bits in itertools.product([True, False], repeat=len(names)):
+            roles = dict(zip(names, bits, strict=True))
+            if all(_compact_truth(claim, roles) == roles[s] for s, claim in speakers):
+                consistent.append(roles)
+        assert consistent == [answer_dict(e.answer)], e.prompt
+        assert task.score(task.solution(e), e).correct
+        assert len(e.prompt) < 40 + 30 * e.difficulty
+
+
+def test_prompt_style_is_validated() -> None:
+    with pytest.raises(ValueError, match="prompt_style"):
+        KnightsKnavesTask(prompt_style="terse")
