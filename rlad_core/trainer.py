@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,10 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
 
             # ===== 4. update: mu epochs x mini-batches x micro-batches =================================
             update = _update(config, run, batch, advantages_B, old_logp, teacher_logp, ref_logp, step)
-            run.scheduler.step()
+            with warnings.catch_warnings():  # the schedule is per training step, also when a step had nothing to
+                # learn from (an sft step whose teacher samples all failed the filter): torch warns if that is step 1
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                run.scheduler.step()
             run.engine.update_weights(run.student)
             t_updated = time.perf_counter()
             reporter.heartbeat(step)
