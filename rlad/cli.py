@@ -77,7 +77,7 @@ def validate(config_path: Annotated[Path, typer.Argument(metavar="CONFIG")]) -> 
 @app.command("tiny-model")
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="directory to write (save_pretrained layout)")],
-    size: Annotated[str, typer.Option(help="micro | mini | small | small-4x")] = "small",
+    size: Annotated[str, typer.Option(help="micro | mini | mini-deep | small | small-4x")] = "small",
     seed: int = 0,
 ) -> None:
     """Build a random-init tiny Llama with a character-level tokenizer (for tests and experiments)."""
@@ -599,7 +599,8 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("paper-mini")
 def paper_mini(
-    quick: Annotated[bool, typer.Option("--quick", help="one seed, fewer steps and alphas (under 10 minutes)")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Knights-and-Knaves with 2-3 people only, one seed, fewer steps and "
+                                                      "alphas (under 10 minutes)")] = False,
     preset: Annotated[str | None, typer.Option(help="full | quick | tiny (overrides --quick)")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="tables, plots, results.json "
                                              "(default: docs/paper-mini, or docs/paper-mini/quick)")] = None,

@@ -1,19 +1,20 @@
 """`rlad bench paper-mini`: the paper's comparison (arXiv 2602.22495, Table 1; alpha ablation: Table 5) in
 miniature, on CPU, with models the project builds itself.
 
-1. Models (cached under the work directory): per task a teacher (a tiny Llama SFT-trained on the task's
-   reference solution traces until strong) and a student, briefly SFT-warmed so that its accuracy is low
-   but not zero (RL needs some reward signal). The CPU presets use the arithmetic task: on 2 cores a
-   character-level tiny teacher did not get strong on Knights-and-Knaves within the budget (0.4M parameters,
-   2-4 people: 3% after 300 SFT steps on reasoning traces, 6 minutes; 2-3 people with answer-only traces,
-   `reasoning: false`: 41% on 2 and 0% on 3 people after 600 steps, 6 minutes); `TaskSetup` takes any task.
+1. Models (cached under the work directory, keyed by their recipe): per task a teacher (a tiny Llama twice as
+   deep as the student, SFT-trained on the task's reference solutions) and a student, briefly SFT-warmed so
+   that its accuracy is low but not zero (RL needs some reward signal). Tasks: Knights-and-Knaves with 2 to 4
+   people in the compact prompt style with answer-only solutions, and arithmetic. Why not the English prompt
+   with per-speaker reasoning: on 2 cores a character-level tiny teacher did not get strong on it within the
+   budget (0.4M parameters, 2-4 people: 3% after 300 SFT steps, 6 minutes; answer-only: 41% on 2 and 0% on 3
+   people after 600 steps); the compact prompt is a fifth of the characters. `TaskSetup` takes any task.
 2. Runs: from the same student start, on the same prompts (the seed fixes the prompt stream and the
    held-out set) and with the same number of student updates: grpo, kdrl, rlad (alpha 0.5), opd, and sft on
    reject-sampled teacher traces (`sft_source: teacher`), for each seed of the preset.
 3. Evaluation on the held-out set by difficulty (the paper's PPL2..PPLn columns): greedy accuracy, pass@k.
 4. Output (`out`): `results.json` (every number), `tables.md` (the paper's layouts, mean and spread over
    seeds), `curves-<task>.png` (reward and held-out accuracy against step), `ablation-<task>.png`.
-5. Alpha ablation on one task.
+5. Alpha ablation on one task (Knights-and-Knaves, as in the paper).
 
 Hyperparameter budget: every method runs with ONE shared configuration (`Preset.shared`: learning rate,
 batch, group, length, schedule) and the paper's defaults for its own coefficients (rlad alpha 0.5 and
@@ -26,6 +27,7 @@ them side by side) instead of running in this process; models must be readable b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -46,6 +48,7 @@ class TaskSetup:
     teacher: tuple[str, int]      # (tiny model size, SFT steps on reference traces)
     student: tuple[str, int]
     max_new_tokens: int
+    warmup_sft: dict[str, Any] = field(default_factory=lambda: dict(WARMUP_SFT))  # the models' SFT recipe
 
 
 @dataclass(frozen=True)
@@ -62,26 +65,33 @@ class Preset:
     max_positions: int = 768
 
 
+WARMUP_SFT = {"batch_size": 64, "group_size": 8, "lr": 3e-3, "warmup_steps": 5, "lr_schedule": "constant"}
 ARITH = {"name": "arithmetic", "levels": [1, 2, 3]}
+# Knights-and-Knaves at the sizes a character-level tiny teacher can learn on a CPU: compact prompts (names A, B,
+# ... and symbolic statements, a fifth of the English prompt's characters) and answer-only solutions.
+KK = {"name": "knights_knaves", "n_people": [2, 3, 4], "reasoning": False, "prompt_style": "compact"}
+KK_SFT = {**WARMUP_SFT, "warmup_steps": 20, "lr_schedule": "cosine", "min_lr_ratio": 0.1}
 SHARED = {"batch_size": 64, "group_size": 8, "lr": 3e-4, "warmup_steps": 2, "lr_schedule": "constant",
           "temperature": 1.0, "eval_size": 64, "eval_pass_k": 4, "log_samples": 2, "checkpoint_every": 0}
 
 PRESETS: dict[str, Preset] = {
-    "full": Preset(  # arithmetic only (see "quick"); about 15 minutes here
+    "full": Preset(
         name="full",
-        tasks=(TaskSetup("arith", ARITH, "L", ("mini", 1000), ("mini", 150), 32),),
+        tasks=(TaskSetup("kk", KK, "PPL", ("mini-deep", 1200), ("mini", 100), 48, KK_SFT),
+               TaskSetup("arith", ARITH, "L", ("mini-deep", 1000), ("mini", 150), 32)),
         seeds=(0, 1, 2), steps=100, shared={**SHARED, "eval_every": 10, "eval_size": 128},
-        alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0), ablation_task="arith", ablation_seeds=(0, 1, 2)),
-    "quick": Preset(  # arithmetic only: on 2 CPU cores a tiny teacher does not get strong on KK in minutes
+        alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0), ablation_task="kk", ablation_seeds=(0, 1, 2)),
+    "quick": Preset(  # Knights-and-Knaves with 2 and 3 people, a shorter teacher warm-up, one seed
         name="quick",
-        tasks=(TaskSetup("arith", ARITH, "L", ("mini", 1000), ("mini", 150), 32),),
+        tasks=(TaskSetup("kk", {**KK, "n_people": [2, 3]}, "PPL", ("mini-deep", 500), ("mini", 60), 40, KK_SFT),),
         seeds=(0,), steps=60, shared={**SHARED, "eval_every": 10},
-        alphas=(0.1, 0.5, 1.0), ablation_task="arith", ablation_seeds=(0,)),
+        alphas=(0.1, 0.5, 1.0), ablation_task="kk", ablation_seeds=(0,)),
     "tiny": Preset(  # the test's preset: the whole pipeline in about a minute, numbers meaningless
         name="tiny",
-        tasks=(TaskSetup("arith", {"name": "arithmetic", "levels": [1, 2]}, "L", ("micro", 4), ("micro", 2), 8),),
+        tasks=(TaskSetup("kk", {**KK, "n_people": [2, 3]}, "PPL", ("micro", 4), ("micro", 2), 40, KK_SFT),
+               TaskSetup("arith", {"name": "arithmetic", "levels": [1, 2]}, "L", ("micro", 4), ("micro", 2), 8)),
         seeds=(0, 1), steps=2, shared={**SHARED, "batch_size": 8, "group_size": 4, "eval_every": 1, "eval_size": 4},
-        alphas=(0.5, 1.0), ablation_task="arith", ablation_seeds=(0,), max_positions=128),
+        alphas=(0.5, 1.0), ablation_task="kk", ablation_seeds=(0,), max_positions=192),
 }
 
 
@@ -113,14 +123,23 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
     out: dict[str, Any] = {}
     for role, seed in (("teacher", 1), ("student", 0)):
         size, steps = getattr(setup, role)
-        run_dir = workdir / "models" / setup.key / f"{role}-{size}-sft{steps}"
+        recipe = {"task": setup.task, "size": size, "max_positions": preset.max_positions, "seed": seed,
+                  "eval_size": preset.shared["eval_size"], "max_new_tokens": setup.max_new_tokens,
+                  **setup.warmup_sft, "warmup_steps": min(setup.warmup_sft["warmup_steps"], steps)}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+        run_dir = workdir / "models" / setup.key / f"{role}-{size}-sft{steps}-{digest}"
         done = latest_checkpoint(run_dir / "checkpoints")
-        if done is None or done.name != f"step-{steps}":
+        made_by = run_dir / "recipe.json"
+        if done is None or done.name != f"step-{steps}" or not made_by.exists() or json.loads(made_by.read_text()) != recipe:
             log(f"{setup.key}: {role}: a tiny '{size}' model, {steps} SFT steps on reference solutions")
+            for stale in ("checkpoints", "init", "metrics.jsonl", "events.jsonl", "samples.jsonl"):
+                _remove(run_dir / stale)
             init = save_tiny_model(run_dir / "init", replace(TINY_SIZES[size], max_position_embeddings=preset.max_positions),
                                    seed=seed)
+            sft = {k: recipe[k] for k in ("batch_size", "group_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio")
+                   if k in recipe}
             config = TrainConfig(name=f"{setup.key}-{role}-sft", method="sft", sft_source="reference", student=str(init),
-                                 task=setup.task, steps=steps, batch_size=64, group_size=8, lr=3e-3, warmup_steps=min(5, steps),
+                                 task=setup.task, steps=steps, **sft,
                                  max_new_tokens=setup.max_new_tokens, eval_every=steps, eval_size=preset.shared["eval_size"],
                                  checkpoint_every=0, log_samples=0, seed=seed, output_dir=str(run_dir))
             reporter = MultiReporter(ConsoleReporter(steps, description=f"{setup.key} {role} SFT"), JsonlReporter(run_dir))
@@ -129,12 +148,23 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
             finally:
                 reporter.close()
             (run_dir / "eval.json").write_text(json.dumps(result.eval_after))
+            made_by.write_text(json.dumps(recipe))
             done = result.checkpoint
         else:
             log(f"{setup.key}: {role}: reusing {done}")
         out[role] = done
+        out[f"{role}_recipe"] = recipe
         out[f"{role}_eval"] = json.loads((run_dir / "eval.json").read_text())
     return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 # ----- runs -------------------------------------------------------------------------------------------------
@@ -223,15 +253,17 @@ def run_suite(preset: Preset, workdir: Path, out: Path, *, via_api: str | None =
             run_dir = workdir / "runs" / run.name
             cached = run_dir / "run.json"
             spec = run_spec(preset, setup, models, method, seed, alpha)
-            if cached.exists() and json.loads(cached.read_text()).get("spec") == spec:
+            made_from = {role: models[f"{role}_recipe"] for role in ("teacher", "student")}
+            if cached.exists() and {k: v for k, v in json.loads(cached.read_text()).items() if k in ("spec", "models")} \
+                    == {"spec": spec, "models": made_from}:
                 log(f"{run.name}: reusing {cached}")
                 results["reused"] = results.get("reused", 0) + 1
-                run = Run(**{k: v for k, v in json.loads(cached.read_text()).items() if k != "spec"})
+                run = Run(**{k: v for k, v in json.loads(cached.read_text()).items() if k not in ("spec", "models")})
             else:
                 log(f"{run.name}: {preset.steps} steps")
                 run = run_via_api(spec, run, via_api, api_key) if via_api else run_local(spec, run, run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                cached.write_text(json.dumps({**asdict(run), "spec": spec}))
+                cached.write_text(json.dumps({**asdict(run), "spec": spec, "models": made_from}))
             results["runs"].append(asdict(run))
     results["seconds"] = time.perf_counter() - started  # this invocation (reused runs cost nothing)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
