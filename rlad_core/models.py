@@ -41,7 +41,7 @@ class TinyModelSpec:
 
 # Named sizes used by tests, the demo and the benchmark. "small" is the benchmark student (~3.2M
 # parameters); "small-4x" is a teacher about four times larger (width x2, same depth and head_dim);
-# "mini-deep" is the paper-mini teacher, twice the depth of the "mini" student (~0.8M vs ~0.4M).
+# "mini-deep" is "mini" at twice the depth (~0.8M parameters).
 TINY_SIZES: dict[str, TinyModelSpec] = {
     "micro": TinyModelSpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=172),
     "mini": TinyModelSpec(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=344),
