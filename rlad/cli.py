@@ -77,7 +77,7 @@ def validate(config_path: Annotated[Path, typer.Argument(metavar="CONFIG")]) -> 
 @app.command("tiny-model")
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="directory to write (save_pretrained layout)")],
-    size: Annotated[str, typer.Option(help="micro | mini | mini-deep | small | small-4x")] = "small",
+    size: Annotated[str, typer.Option(help="micro | mini | small | small-4x")] = "small",
     seed: int = 0,
 ) -> None:
     """Build a random-init tiny Llama with a character-level tokenizer (for tests and experiments)."""

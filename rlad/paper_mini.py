@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -133,8 +134,7 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
         made_by = run_dir / "recipe.json"
         if done is None or done.name != f"step-{steps}" or not made_by.exists() or json.loads(made_by.read_text()) != recipe:
             log(f"{setup.key}: {role}: a tiny '{size}' model, {steps} SFT steps on reference solutions")
-            for stale in ("checkpoints", "init", "metrics.jsonl", "events.jsonl", "samples.jsonl"):
-                _remove(run_dir / stale)
+            shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted build of this recipe left
             init = save_tiny_model(run_dir / "init", replace(TINY_SIZES[size], max_position_embeddings=preset.max_positions),
                                    seed=seed)
             sft = {k: recipe[k] for k in ("batch_size", "group_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio")
@@ -157,15 +157,6 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
         out[f"{role}_recipe"] = recipe
         out[f"{role}_eval"] = json.loads((run_dir / "eval.json").read_text())
     return out
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 # ----- runs -------------------------------------------------------------------------------------------------
@@ -255,11 +246,11 @@ def run_suite(preset: Preset, workdir: Path, out: Path, *, via_api: str | None =
             cached = run_dir / "run.json"
             spec = run_spec(preset, setup, models, method, seed, alpha)
             made_from = {role: models[f"{role}_recipe"] for role in ("teacher", "student")}
-            if cached.exists() and {k: v for k, v in json.loads(cached.read_text()).items() if k in ("spec", "models")} \
-                    == {"spec": spec, "models": made_from}:
+            stored = json.loads(cached.read_text()) if cached.exists() else {}
+            if stored.pop("spec", None) == spec and stored.pop("models", None) == made_from:
                 log(f"{run.name}: reusing {cached}")
                 results["reused"] = results.get("reused", 0) + 1
-                run = Run(**{k: v for k, v in json.loads(cached.read_text()).items() if k not in ("spec", "models")})
+                run = Run(**stored)
             else:
                 log(f"{run.name}: {preset.steps} steps")
                 run = run_via_api(spec, run, via_api, api_key) if via_api else run_local(spec, run, run_dir)

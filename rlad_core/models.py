@@ -40,12 +40,10 @@ class TinyModelSpec:
 
 
 # Named sizes used by tests, the demo and the benchmark. "small" is the benchmark student (~3.2M
-# parameters); "small-4x" is a teacher about four times larger (width x2, same depth and head_dim);
-# "mini-deep" is "mini" at twice the depth (~0.8M parameters).
+# parameters); "small-4x" is a teacher about four times larger (width x2, same depth and head_dim).
 TINY_SIZES: dict[str, TinyModelSpec] = {
     "micro": TinyModelSpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=172),
     "mini": TinyModelSpec(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=344),
-    "mini-deep": TinyModelSpec(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=344),
     "small": TinyModelSpec(),
     "small-4x": TinyModelSpec(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1376),
 }
