@@ -326,37 +326,55 @@ def tables(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _verdict(a: list[float], b: list[float]) -> str:
+    """Whether mean(a) > mean(b) by more than one standard deviation of each (the only claim the seeds allow)."""
+    if len(a) < 2 or len(b) < 2:
+        return "one seed, no spread to judge the gap by"
+    if statistics.mean(a) - statistics.stdev(a) > statistics.mean(b) + statistics.stdev(b):
+        return "beyond one standard deviation"
+    return "within the seeds' spread, not separable"
+
+
 def reading(results: dict[str, Any], task: str, column: str) -> list[str]:
-    """Which method is ahead where, and whether the gap is larger than the seeds' spread (no claims beyond)."""
+    """Which method is ahead where, and the paper's claim (rlad above grpo and kdrl) per column, each with whether
+    the gap is larger than the seeds' spread (no claims beyond)."""
     runs = [r for r in results["runs"] if r["task"] == task and r["alpha"] is None]
     methods = results["preset"]["methods"]
+    k = results["preset"]["shared"]["eval_pass_k"]
     lines = ["Reading (computed):", ""]
+    claim = []
     for d in _difficulties(results, task) + [None]:
-        key = "eval/accuracy" + (f"/d{d}" if d is not None else "")
-        stats = {}
-        for m in methods:
-            vals = [r["final"][key] for r in runs if r["method"] == m and key in r["final"]]
-            if vals:
-                stats[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan)
-        if not stats:
-            continue
-        ranked = sorted(stats.items(), key=lambda kv: -kv[1][0])
-        (best, (mb, sb)), rest = ranked[0], ranked[1:]
-        if len(rest) == 0:
-            continue
-        second, (m2, s2) = rest[0]
         where = f"{column}{d}" if d is not None else "average"
-        if mb - m2 < 1e-9:
-            tied = [m for m, (v, _) in ranked if abs(v - mb) < 1e-9]
-            lines.append(f"- {where}: {', '.join(tied)} tied at {100 * mb:.1f}%.")
-            continue
-        if math.isnan(sb) or math.isnan(s2):
-            verdict = "one seed, so no spread to judge the gap by"
-        elif mb - sb > m2 + s2:
-            verdict = "ahead beyond one standard deviation"
-        else:
-            verdict = "within the spread of the seeds (not separable)"
-        lines.append(f"- {where}: best {best} {100 * mb:.1f}%, next {second} {100 * m2:.1f}%: {verdict}.")
+        for metric in ("accuracy", f"pass@{k}"):
+            key = f"eval/{metric}" + (f"/d{d}" if d is not None else "")
+            vals = {m: [r["final"][key] for r in runs if r["method"] == m and key in r["final"]] for m in methods}
+            vals = {m: v for m, v in vals.items() if v}
+            if metric == "accuracy" and len(vals) > 1:
+                ranked = sorted(vals, key=lambda m: -statistics.mean(vals[m]))
+                best, second = ranked[0], ranked[1]
+                mb, m2 = statistics.mean(vals[best]), statistics.mean(vals[second])
+                if mb - m2 < 1e-9:
+                    tied = [m for m in ranked if abs(statistics.mean(vals[m]) - mb) < 1e-9]
+                    lines.append(f"- {where}: {', '.join(tied)} tied at {100 * mb:.1f}%.")
+                else:
+                    lines.append(f"- {where}: best {best} {100 * mb:.1f}%, next {second} {100 * m2:.1f}%: "
+                                 f"gap {_verdict(vals[best], vals[second])}.")
+            if "rlad" not in vals:
+                continue
+            label = "greedy" if metric == "accuracy" else metric
+            for rival in ("grpo", "kdrl"):
+                if rival not in vals:
+                    continue
+                a, b = statistics.mean(vals["rlad"]), statistics.mean(vals[rival])
+                if abs(a - b) < 1e-9:
+                    verdict = "equal"
+                elif a > b:
+                    verdict = f"rlad ahead, {_verdict(vals['rlad'], vals[rival])}"
+                else:
+                    verdict = f"rlad behind, {_verdict(vals[rival], vals['rlad'])}"
+                claim.append(f"- {where} {label}: rlad {100 * a:.1f}% vs {rival} {100 * b:.1f}%: {verdict}.")
+    if claim:
+        lines += ["", "The paper's claim, rlad above grpo and kdrl:", ""] + claim
     return lines
 
 
@@ -372,15 +390,20 @@ def plots(results: dict[str, Any], out: Path) -> None:
         task = setup["key"]
         runs = [r for r in results["runs"] if r["task"] == task and r["alpha"] is None]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        for ax, key, title in ((axes[0], "reward_mean", "training reward (mean over rollouts)"),
-                               (axes[1], "eval/accuracy", "held-out greedy accuracy")):
+        for ax, key, title in ((axes[0], "reward_mean", "training reward (mean over rollouts; sft has none)"),
+                               (axes[1], "eval/accuracy", "held-out greedy accuracy (band: ± sd over seeds)")):
             for m in preset["methods"]:
                 series = [dict(r["curves"][key]) for r in runs if r["method"] == m and r["curves"].get(key)]
                 if not series:
                     continue
                 steps = sorted({x for s in series for x in s})
-                mean = [statistics.mean([s[x] for s in series if x in s]) for x in steps]
+                at = [[s[x] for s in series if x in s] for x in steps]
+                mean = [statistics.mean(v) for v in at]
                 ax.plot(steps, mean, label=f"{m} (n={len(series)})", color=colors[m], marker="o" if len(steps) < 30 else None)
+                if key != "reward_mean" and len(series) > 1:  # the seeds' spread (reward is too noisy to shade)
+                    sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in at]
+                    ax.fill_between(steps, [max(0.0, a - b) for a, b in zip(mean, sd, strict=True)],
+                                    [min(1.0, a + b) for a, b in zip(mean, sd, strict=True)], color=colors[m], alpha=0.12, lw=0)
             ax.set_xlabel("student update (step)")
             ax.set_ylabel("reward" if key == "reward_mean" else "accuracy (fraction)")
             ax.set_title(f"{task}: {title}")
@@ -390,7 +413,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
         plt.close(fig)
         if task == preset["ablation_task"]:
             fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-            alphas, means = [], []
+            alphas, means, sds = [], [], []
             for a in sorted(set(preset["alphas"]) | {0.5}):
                 vals = [r["final"].get("eval/accuracy") for r in results["runs"] if r["task"] == task and r["method"] == "rlad"
                         and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None)) and r["seed"] in preset["ablation_seeds"]]
@@ -398,7 +421,11 @@ def plots(results: dict[str, Any], out: Path) -> None:
                 if vals:
                     alphas.append(a)
                     means.append(statistics.mean(vals))
-            ax.plot(alphas, means, marker="o", color="#15803d")
+                    sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+                    ax.scatter([a] * len(vals), vals, color="#15803d", alpha=0.35, s=14, lw=0)
+            ax.errorbar(alphas, means, yerr=sds, marker="o", color="#15803d", capsize=3,
+                        label="mean ± sd over seeds (dots: seeds)")
+            ax.legend(fontsize=8)
             ax.set_xlabel("alpha (1.0 = GRPO)")
             ax.set_ylabel("held-out greedy accuracy (fraction)")
             ax.set_title(f"{task}: RLAD alpha ablation")
