@@ -4,7 +4,10 @@ ranking, which means nothing at this size)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -50,6 +53,18 @@ def test_the_tiny_preset_writes_tables_plots_and_raw_numbers(tmp_path) -> None:
     again = CliRunner().invoke(app, ["bench", "paper-mini", "--preset", "tiny", "--workdir", str(tmp_path / "w"),
                                      "--out", str(out)])
     assert again.exit_code == 0 and again.output.count("reusing") == len(runs) + 4  # + 2 models per task
+    # the answer-diversity check reads the finished runs: the start and the teacher once per seed, then every run
+    listing = subprocess.run([sys.executable, "bench/paper_mini_answers.py", "--workdir", str(tmp_path / "w" / "tiny")],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]).stdout
+    kk_runs = sorted(f"kk-{r['method']}" + (f"-a{r['alpha']:g}" if r["alpha"] is not None else "") + f"-s{r['seed']}"
+                     for r in runs if r["task"] == "kk")
+    rows = [line.split() for line in listing.splitlines()[1:]]
+    assert sorted(r[0] for r in rows if r[0].startswith("kk-")) == kk_runs
+    assert sorted(r[0] for r in rows if not r[0].startswith("kk-")) == sorted(
+        f"{who}-s{s}" for who in ("start", "teacher") for s in preset.seeds)
+    for _name, distinct, all_knave, correct in rows:
+        shown, total = map(int, distinct.split("/"))
+        assert 1 <= shown <= total == preset.shared["eval_size"] and 0 <= int(all_knave) <= total and 0 <= int(correct) <= total
 
 
 def test_via_api_submits_every_run_as_a_job(tmp_path) -> None:
