@@ -51,7 +51,7 @@ def main() -> None:
             rows += [(f"start-s{spec['seed']}", spec["student"]), (f"teacher-s{spec['seed']}", spec["teacher"])]
         final = latest_checkpoint(path.parent / "checkpoints")
         if final is None:
-            print(f"{path.parent.name:24s} no checkpoint (run with checkpoint_every 0 and no final save?)")
+            print(f"{path.parent.name:24s} no checkpoint under {path.parent / 'checkpoints'}")
             continue
         rows.append((path.parent.name, str(final)))
         for name, checkpoint in rows:

@@ -291,6 +291,14 @@ def _table(results: dict[str, Any], task: str, rows: list[tuple[str, list[dict]]
     return lines
 
 
+def _ablation(results: dict[str, Any], task: str) -> list[tuple[float, list[dict]]]:
+    """(alpha, its rlad runs on the ablation seeds) for every alpha; alpha 0.5 is the main table's rlad run."""
+    preset = results["preset"]
+    return [(a, [r for r in results["runs"] if r["task"] == task and r["method"] == "rlad"
+                 and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None)) and r["seed"] in preset["ablation_seeds"]])
+            for a in sorted(set(preset["alphas"]) | {0.5})]
+
+
 def tables(results: dict[str, Any]) -> str:
     preset = results["preset"]
     k = preset["shared"]["eval_pass_k"]
@@ -315,11 +323,7 @@ def tables(results: dict[str, Any]) -> str:
         out += _table(results, task, start + by_method, "accuracy", column) + [""]
         out += [f"pass@{k}:", ""] + _table(results, task, start + by_method, f"pass@{k}", column) + [""]
         if task == preset["ablation_task"]:
-            rows = []
-            for a in sorted(set(preset["alphas"]) | {0.5}):
-                rs = [r for r in runs if r["method"] == "rlad" and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None))
-                      and r["seed"] in preset["ablation_seeds"]]
-                rows.append((f"alpha {a:g}" + (" (= GRPO)" if a == 1.0 else ""), rs))
+            rows = [(f"alpha {a:g}" + (" (= GRPO)" if a == 1.0 else ""), rs) for a, rs in _ablation(results, task)]
             out += [f"Alpha ablation (Table 5 layout), seeds {list(preset['ablation_seeds'])}:", ""]
             out += _table(results, task, rows, "accuracy", column, first="alpha") + [""]
         out += reading(results, task, column) + [""]
@@ -414,10 +418,8 @@ def plots(results: dict[str, Any], out: Path) -> None:
         if task == preset["ablation_task"]:
             fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
             alphas, means, sds = [], [], []
-            for a in sorted(set(preset["alphas"]) | {0.5}):
-                vals = [r["final"].get("eval/accuracy") for r in results["runs"] if r["task"] == task and r["method"] == "rlad"
-                        and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None)) and r["seed"] in preset["ablation_seeds"]]
-                vals = [v for v in vals if v is not None]
+            for a, rs in _ablation(results, task):
+                vals = [r["final"]["eval/accuracy"] for r in rs if "eval/accuracy" in r["final"]]
                 if vals:
                     alphas.append(a)
                     means.append(statistics.mean(vals))
