@@ -87,6 +87,8 @@ class EventKind(enum.StrEnum):
     step_skipped = "step_skipped"
     cancel_requested = "cancel_requested"
     lost = "lost"
+    released = "released"  # a stopping worker handed the job back to the queue after a checkpoint (not a loss)
+    disk_full = "disk_full"  # a checkpoint waits for space on the result store
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -212,8 +214,20 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     queues: Mapped[str] = mapped_column(String(200))  # comma-separated
     pid: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[int] = mapped_column(Integer, default=0)  # CUDA devices the node's jobs can use
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UiSession(Base):
+    """A dashboard sign-in: the cookie holds a random token, the table its sha256. Signing out deletes the row,
+    so a copied cookie stops working at once; the API key itself never leaves the sign-in form."""
+
+    __tablename__ = "ui_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Checkpoint(Base):

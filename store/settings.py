@@ -34,12 +34,33 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=300.0, ge=0, description="SIGTERM -> SIGKILL grace: the trainer stops at "
                                   "the next step boundary and writes a final checkpoint; allow one step plus a save")
     metrics_flush_s: float = Field(default=1.0, ge=0, description="the trainer writes buffered metrics at least this often")
+    db_retry_max_s: float = Field(default=10.0, gt=0, description="workers retry a database call that failed on the "
+                                  "connection with backoff up to this many seconds apart, for as long as the database "
+                                  "is away: an outage shorter than the heartbeat timeout costs a running job nothing")
+    shutdown_grace_s: float = Field(default=120.0, ge=0, description="a worker told to stop (SIGTERM) gives its job this "
+                                    "long to checkpoint before it releases the job to the queue (compose's "
+                                    "stop_grace_period must be longer)")
+    disk_reserve_bytes: int = Field(default=0, ge=0, description="a checkpoint is written only if the result store keeps "
+                                    "at least this much free beside it; otherwise the job waits (disk_full event) "
+                                    "until space is freed")
+    disk_full_poll_s: float = Field(default=10.0, gt=0, description="how often a job waiting for disk space checks again")
 
     # API
     job_cache_ttl_s: float = Field(default=1.0, ge=0, description="GET /v1/jobs/{id} answers from a per-process cache "
                                    "this fresh (many pollers of one job cost one query a second); 0 disables")
 
+    # what jobs may read
+    model_roots: list[Path] = Field(default_factory=list, description="directories whose models and datasets a job "
+                                    "may name by absolute path (JSON list, e.g. [\"/models\"]); anything else must "
+                                    "be a Hugging Face id in the workers' local cache, dataset:<id> or "
+                                    "checkpoint:<job>[/<step>]. The result store is never readable by path")
+
     # limits
+    max_json_bytes: int = Field(default=1024 * 1024, gt=0, description="largest JSON request body (413 beyond it)")
+    max_active_jobs_per_team: int = Field(default=100, ge=1, description="a team's jobs queued or running at once; "
+                                          "a submission beyond it gets 429")
+    ui_session_ttl_s: float = Field(default=12 * 3600, gt=0, description="a dashboard sign-in lasts this long; "
+                                    "signing out ends it on the server at once")
     cookie_secure: bool = Field(default=True, description="the dashboard's sign-in cookie is Secure (sent over HTTPS "
                                 "and to localhost only); false only behind plain HTTP on a trusted network")
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="largest dataset upload")
