@@ -7,11 +7,12 @@ before any model is loaded, and every error names the field, the value and the f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["rlad", "grpo", "kdrl", "opd", "sft"]
 METHODS: tuple[str, ...] = ("rlad", "grpo", "kdrl", "opd", "sft")
@@ -19,7 +20,19 @@ TEACHER_METHODS: tuple[str, ...] = ("rlad", "kdrl", "opd")  # sft needs one only
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf/nan anywhere: JSON's 1e999 parses as inf and would only fail (or silently train nothing) at run time
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _printable(v: str) -> str:
+    bad = next((c for c in v if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; fix: remove it (names and paths are plain text)")
+    return v
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+MAX_STEPS = 10_000_000  # (ours) a bound that every store's step columns hold
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,7 +77,7 @@ class JsonlTaskConfig(_Strict):
     """A user dataset: JSONL lines {"prompt", "answer"[, "difficulty"]}, answers compared with math-verify."""
 
     name: Literal["jsonl"] = "jsonl"
-    path: str = Field(description="path of the JSONL file (or an uploaded dataset resolved by the service)")
+    path: Text = Field(max_length=1000, description="path of the JSONL file (or an uploaded dataset resolved by the service)")
     eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="share of lines held out for evaluation")
 
 
@@ -80,33 +93,34 @@ class TrainConfig(_Strict):
     """One distillation/RL job. Defaults follow the paper where it gives a value (RLAD.md), else are marked (ours)."""
 
     # --- what to train ----------------------------------------------------------------------------------
-    name: str | None = Field(default=None, max_length=200, description="human-readable job name")
+    name: Text | None = Field(default=None, max_length=200, description="human-readable job name")
     method: Method = Field(default="rlad", description="rlad (TRRD) | grpo | kdrl | opd | sft (offline distillation)")
-    student: str = Field(min_length=1, description="student model: Hugging Face id or local directory")
-    teacher: str | None = Field(default=None, description="teacher model (same tokenizer as the student); needed by rlad, kdrl, opd and sft with sft_source='teacher'")
-    reference: str | None = Field(default=None, description="frozen reference for the beta-KL penalty; default: the student's initial weights")
+    student: Text = Field(min_length=1, max_length=1000, description="student model: Hugging Face id or local directory")
+    teacher: Text | None = Field(default=None, max_length=1000, description="teacher model (same tokenizer as the student); needed by rlad, kdrl, opd and sft with sft_source='teacher'")
+    reference: Text | None = Field(default=None, max_length=1000, description="frozen reference for the beta-KL penalty; default: the student's initial weights")
     task: TaskConfig = Field(default_factory=ArithmeticTaskConfig, description="the verifiable-reward task")
     use_chat_template: bool = Field(default=True, description="wrap prompts in the tokenizer's chat template when it has one")
 
     # --- rollouts -----------------------------------------------------------------------------------------
-    steps: int = Field(default=100, ge=1, description="training steps (one rollout batch each)")
-    batch_size: int = Field(default=64, ge=1, description="responses per step, B = P x G")
-    group_size: int = Field(default=8, description="responses per prompt, G (paper: 8)")
-    max_new_tokens: int = Field(default=64, ge=1, description="longest completion, in tokens")
+    steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="training steps (one rollout batch each)")
+    batch_size: int = Field(default=64, ge=1, le=1 << 20, description="responses per step, B = P x G")
+    group_size: int = Field(default=8, le=1 << 16, description="responses per prompt, G (paper: 8)")
+    max_new_tokens: int = Field(default=64, ge=1, le=1 << 20, description="longest completion, in tokens")
     temperature: float = Field(default=1.0, gt=0.0, description="sampling temperature (also applied to every scoring pass)")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     engine: Literal["auto", "fast", "hf", "vllm"] = Field(default="auto", description="rollout engine; auto = fast when the architecture is supported, else hf")
-    train_pool_size: int = Field(default=4096, ge=1, description="(ours) training prompts generated or read up front; steps cycle through it in seeded epochs")
+    train_pool_size: int = Field(default=4096, ge=1, le=1 << 27, description="(ours) training prompts generated or read up front; steps cycle through it in seeded epochs")
 
     # --- the update -----------------------------------------------------------------------------------------
-    inner_epochs: int = Field(default=1, ge=1, description="mu: passes over each rollout batch")
+    inner_epochs: int = Field(default=1, ge=1, le=1000, description="mu: passes over each rollout batch")
     mini_batch_size: int | None = Field(default=None, ge=1, description="responses per optimizer step (default: batch_size)")
     micro_batch_size: int | None = Field(default=None, ge=1, description="responses per forward/backward, gradients accumulated (default: mini_batch_size)")
     lr: float = Field(default=1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6)")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay")
-    adam_betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
+    adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default=(0.9, 0.999), description="AdamW betas, each in [0, 1)")
     grad_clip: float | None = Field(default=1.0, gt=0.0, description="max global gradient norm; null disables clipping")
-    warmup_steps: int = Field(default=0, ge=0, description="linear LR warm-up, in training steps")
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="linear LR warm-up, in training steps")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(default="constant", description="LR after warm-up, per training step")
     min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0, description="final LR / lr for linear and cosine schedules")
 
@@ -130,18 +144,18 @@ class TrainConfig(_Strict):
     sft_filter: Literal["correct", "none"] = Field(default="correct", description="keep only traces the verifier accepts (reject sampling), or all")
 
     # --- evaluation, checkpoints, run ---------------------------------------------------------------------
-    eval_every: int = Field(default=25, ge=0, description="evaluate every k steps (and before the first and after the last); 0 disables")
-    eval_size: int = Field(default=64, ge=1, description="held-out prompts per evaluation")
-    eval_pass_k: int = Field(default=4, ge=1, description="samples per prompt for pass@k (at the training temperature)")
-    checkpoint_every: int = Field(default=50, ge=0, description="save a checkpoint every k steps (and at the end); 0 = only at the end")
-    keep_checkpoints: int | None = Field(default=None, ge=1, description="keep only the newest k checkpoints; null keeps all")
-    log_samples: int = Field(default=4, ge=0, description="sample rollouts (prompt, completion, reward) reported per step")
-    max_consecutive_nonfinite: int = Field(default=3, ge=1, description="fail the run after this many consecutive skipped (non-finite) steps")
-    seed: int = Field(default=0, description="seeds data order, sampling and initialisation")
-    output_dir: str | None = Field(default=None, description="where metrics and checkpoints go (default: runs/<name or method>)")
+    eval_every: int = Field(default=25, ge=0, le=MAX_STEPS, description="evaluate every k steps (and before the first and after the last); 0 disables")
+    eval_size: int = Field(default=64, ge=1, le=1 << 20, description="held-out prompts per evaluation")
+    eval_pass_k: int = Field(default=4, ge=1, le=1024, description="samples per prompt for pass@k (at the training temperature)")
+    checkpoint_every: int = Field(default=50, ge=0, le=MAX_STEPS, description="save a checkpoint every k steps (and at the end); 0 = only at the end")
+    keep_checkpoints: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="keep only the newest k checkpoints; null keeps all")
+    log_samples: int = Field(default=4, ge=0, le=1024, description="sample rollouts (prompt, completion, reward) reported per step")
+    max_consecutive_nonfinite: int = Field(default=3, ge=1, le=MAX_STEPS, description="fail the run after this many consecutive skipped (non-finite) steps")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation")
+    output_dir: Text | None = Field(default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="model weights and compute dtype")
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
+    device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
+    threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
 
     # --- checks --------------------------------------------------------------------------------------------------
     @field_validator("group_size")
@@ -149,6 +163,13 @@ class TrainConfig(_Strict):
     def _group(cls, v: int) -> int:
         if v < 2:
             raise ValueError(f"group_size is {v}; GRPO needs at least 2 responses per prompt to compare; fix: set group_size >= 2 (paper: 8)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v):
+            raise ValueError(f"{v!r} is not a device; fix: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
         return v
 
     @field_validator("alpha")

@@ -33,7 +33,7 @@ from rlad_core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from rlad_core.config import TEACHER_METHODS, TrainConfig
+from rlad_core.config import TEACHER_METHODS, ConfigError, TrainConfig
 from rlad_core.evaluate import evaluate
 from rlad_core.models import (
     check_tokenizers_compatible,
@@ -375,8 +375,18 @@ class _Run:
 
 
 def _resolve_device(name: str) -> str:
+    """The torch device of `config.device`; one this machine does not have is a config error, before any load."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= n:
+            have = f"{n} CUDA device{'s' * (n != 1)}" + (f" (cuda:0..cuda:{n - 1})" if n else "")
+            raise ConfigError([("device", f"{name!r} is not on this machine, which has {have}; fix: use "
+                                          f"{'cuda:0' if n else 'cpu'} or auto")])
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError([("device", "mps is not available on this machine; fix: use cpu or auto")])
     return name
 
 

@@ -116,3 +116,49 @@ def test_knights_knaves_prompt_style_reaches_the_task_and_is_checked() -> None:
     assert task.examples(1, seed=0)[0].prompt.splitlines()[1].startswith("A: ")
     with pytest.raises(ConfigError, match="prompt_style"):
         parse_config({**BASE, "task": {"name": "knights_knaves", "prompt_style": "short"}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"steps": 3_000_000_000}, "steps", ["less than or equal to 10000000"]),
+        ({"steps": 99999999999999999999999}, "steps", ["less than or equal"]),
+        ({"name": "a\x00b"}, "name", ["control character", "fix"]),
+        ({"student": "/models/a\x00b"}, "student", ["control character"]),
+        ({"task": {"name": "jsonl", "path": "/d\x00.jsonl"}}, "task.jsonl.path", ["control character"]),
+        ({"seed": 1e23}, "seed", ["integer"]),
+        ({"seed": 2**32}, "seed", ["less than or equal to 4294967295"]),
+        ({"seed": -1}, "seed", ["greater than or equal to 0"]),
+        ({"lr": float("inf")}, "lr", ["finite number"]),
+        ({"lr": float("nan")}, "lr", ["finite number"]),
+        ({"device": "gpu"}, "device", ["not a device", "cuda:N"]),
+        ({"device": "cuda:x"}, "device", ["not a device"]),
+        ({"adam_betas": [0.9, 1.5]}, "adam_betas.1", ["less than 1"]),
+    ],
+)
+def test_values_that_only_failed_at_run_time_fail_at_validation(fields, field, words):
+    """Drill inputs that the service accepted and then failed on at run time (or stored as a 500)."""
+    errors = errors_of(**fields)
+    assert field in errors, errors
+    for w in words:
+        assert w in errors[field], errors[field]
+
+
+def test_json_1e999_is_refused_as_not_finite():
+    body = json.loads('{"student": "s", "teacher": "t", "lr": 1e999}')
+    with pytest.raises(ConfigError) as exc:
+        parse_config(body)
+    assert dict(exc.value.errors)["lr"].startswith("Input should be a finite number")
+
+
+def test_a_device_this_machine_lacks_is_a_config_error_before_any_load():
+    import torch
+
+    from rlad_core.trainer import _resolve_device
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError) as exc:
+        _resolve_device(f"cuda:{n + 98}")
+    (field, message), = exc.value.errors
+    assert field == "device" and f"cuda:{n + 98}" in message and f"has {n} CUDA device" in message
+    assert _resolve_device("cpu") == "cpu"
