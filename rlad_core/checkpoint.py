@@ -8,10 +8,15 @@ Layout of `<root>/step-<n>/`:
 A checkpoint is written into a hidden temporary directory next to its final place and renamed into place
 only once every file is flushed, so a crash leaves either the complete checkpoint or none: a directory
 named `step-<n>` always holds a manifest that matches its files.
+
+Disk space is checked before a write (`estimate_checkpoint_bytes` + a reserve against the free space of the
+target directory), and a write that runs out of space anyway is undone; both raise `DiskFull`, which leaves
+every earlier checkpoint as it was, so the caller can wait for space and save again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +37,66 @@ _PREFIX = "step-"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
+
+
+class DiskFull(OSError):
+    """Not enough free space to write a checkpoint: `needed` bytes (the estimated checkpoint plus the reserve),
+    `free` bytes free on the file system of `path`. Nothing was written; earlier checkpoints are intact."""
+
+    def __init__(self, needed: int, free: int, path: str | Path):
+        self.needed, self.free, self.path = int(needed), int(free), str(path)
+        super().__init__(errno.ENOSPC, f"disk full: {self.needed} bytes needed, {self.free} free at {self.path}")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self) -> tuple[Any, ...]:  # OSError pickles its (errno, strerror) args, not ours
+        return DiskFull, (self.needed, self.free, self.path)
+
+
+# Added to every estimate: the tokenizer files, config, manifest and pickled RNG state that the tensor
+# count misses, and file-system block rounding. An estimate that is still short shows as ENOSPC during the
+# write, which is undone and raised as `DiskFull` too.
+MARGIN_FRACTION = 0.1
+MARGIN_BYTES = 1 << 20
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside nested dicts/lists/tuples (an optimizer's state_dict)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def estimate_checkpoint_bytes(root: str | Path, *, model: Any, trainer_state: Mapping[str, Any]) -> int:
+    """Bytes the next checkpoint under `root` will take: the size of the newest existing one (a run's
+    checkpoints are alike), else parameters x element size (the weights) + the tensors of the trainer state
+    (AdamW's two moments: twice the weights); plus `MARGIN_FRACTION` and `MARGIN_BYTES`."""
+    newest = latest_checkpoint(root)
+    if newest is not None:
+        base = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
+    else:  # parameters() yields tied weights once, as save_pretrained writes them
+        base = sum(p.numel() * p.element_size() for p in model.parameters()) + _tensor_bytes(trainer_state)
+    return int(base * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk space (or quota): an OSError with ENOSPC/EDQUOT; safetensors'
+    error, which carries only the OS message; or torch's RuntimeError from its zip writer (inline_container.cc),
+    which loses the errno and reports the short write as "unexpected pos ..." or "file write failed"."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    return (isinstance(exc, RuntimeError) and "inline_container" in text
+            and ("unexpected pos" in text or "write failed" in text))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -72,16 +137,35 @@ def save_checkpoint(
     tokenizer: Any,
     trainer_state: Mapping[str, Any],
     metrics: Mapping[str, float] | None = None,
+    reserve_bytes: int = 0,
 ) -> Path:
-    """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced."""
+    """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced.
+
+    Raises `DiskFull` without writing anything when the file system of `root` has less free space than the
+    estimated checkpoint (`estimate_checkpoint_bytes`) plus `reserve_bytes`, and also when the write itself
+    runs out of space (the temporary directory is removed first). Earlier checkpoints are never touched."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    needed = estimate_checkpoint_bytes(root, model=model, trainer_state=trainer_state) + reserve_bytes
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if is_out_of_space(exc):  # named after a directory that exists: the caller polls its free space
+            parent = _existing_parent(root)
+            raise DiskFull(needed, shutil.disk_usage(parent).free, parent) from exc
+        raise
+    free_before = shutil.disk_usage(root).free
+    if free_before < needed:
+        raise DiskFull(needed, free_before, root)
+
     final = root / f"{_PREFIX}{step}"
     tmp = root / f".tmp-{_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        torch.save(dict(trainer_state), tmp / TRAINER_STATE)
+        # through a Python file: a full disk then shows as ENOSPC or as the zip writer's "unexpected pos"
+        # (seen on tmpfs, torch 2.13); torch's own file writer may say only "basic_ios::clear: iostream error"
+        with open(tmp / TRAINER_STATE, "wb") as fh:
+            torch.save(dict(trainer_state), fh)
         files = {}
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
             with open(f, "rb+") as fh:
@@ -99,10 +183,21 @@ def save_checkpoint(
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_out_of_space(exc)
+        # what the write had used when it ran out is a lower bound of what it needs (the estimate fell short)
+        used = free_before - shutil.disk_usage(root).free if full else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFull(max(needed, used + MARGIN_BYTES + reserve_bytes), shutil.disk_usage(root).free, root) from exc
         raise
     return final
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

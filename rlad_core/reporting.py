@@ -25,7 +25,8 @@ class Reporter:
         """Metrics of one training step (or an evaluation, keys prefixed with `eval/`)."""
 
     def event(self, kind: str, **data: Any) -> None:
-        """A lifecycle event: started, resumed, eval_completed, checkpoint_saved, step_skipped, stopped, finished, failed."""
+        """A lifecycle event: started, resumed, eval_completed, checkpoint_saved, step_skipped, disk_full (a
+        checkpoint waits for space: needed_bytes, free_bytes, path), stopped, finished, failed."""
 
     def checkpoint(self, step: int, path: Path, metrics: Mapping[str, float]) -> None:
         """A checkpoint was written completely (atomically) at `path`."""
@@ -192,7 +193,7 @@ class ConsoleReporter(Reporter):
         self.progress.update(self.task_id, completed=step, **fields)
 
     def event(self, kind: str, **data: Any) -> None:
-        if kind in ("started", "resumed", "checkpoint_saved", "step_skipped", "stopped", "failed"):
+        if kind in ("started", "resumed", "checkpoint_saved", "step_skipped", "disk_full", "stopped", "failed"):
             detail = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("config",))
             self.progress.console.log(f"{kind}: {detail}")
 

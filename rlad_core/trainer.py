@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 
 from rlad_core import losses
 from rlad_core.checkpoint import (
+    DiskFull,
     latest_checkpoint,
     load_trainer_state,
     prune_checkpoints,
@@ -92,10 +94,16 @@ class Batch:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from: str | Path | None = None) -> TrainResult:
-    """Run `config` to the end (or until the reporter asks to stop). `resume_from`: a checkpoint dir or "auto"."""
+def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from: str | Path | None = None,
+          disk_reserve_bytes: int = 0, disk_poll_s: float = 10.0) -> TrainResult:
+    """Run `config` to the end (or until the reporter asks to stop). `resume_from`: a checkpoint dir or "auto".
+
+    A checkpoint is written only if its disk keeps `disk_reserve_bytes` free beside it; otherwise the run
+    reports `disk_full` and waits (heartbeats go on), checking every `disk_poll_s` seconds, until space is freed.
+    """
     reporter = reporter or Reporter()
     run = _setup(config, resume_from)
+    run.disk_reserve_bytes, run.disk_poll_s = disk_reserve_bytes, disk_poll_s
     G = config.group_size
     result = TrainResult(step=run.start_step, output_dir=run.out_dir, checkpoint=run.resumed_from,
                          skipped_steps=run.skipped_steps)
@@ -106,6 +114,7 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
 
     consecutive_nonfinite = run.consecutive_nonfinite
     last_saved = run.start_step if run.resumed_from else -1
+    gave_up_checkpoint = False  # a stop came while a checkpoint waited for disk space
     step = run.start_step
     try:
         for step in range(run.start_step + 1, config.steps + 1):
@@ -196,8 +205,11 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
                 result.eval_after = _evaluate(config, run, reporter, step=step)
             if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                result.checkpoint = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
-                last_saved = step
+                saved = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
+                if saved is None:  # stopped while the disk was full: the run ends at the last checkpoint
+                    result.checkpoint, result.stopped, gave_up_checkpoint = None, True, True
+                    break
+                result.checkpoint, last_saved = saved, step
     except Exception as exc:
         reporter.event("failed", step=step, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -205,7 +217,7 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
         result.step = step
 
     if result.stopped:
-        if step > 0 and last_saved != step:
+        if step > 0 and last_saved != step and not gave_up_checkpoint:
             result.checkpoint = _checkpoint(config, run, reporter, step, result.last_metrics, result.skipped_steps, consecutive_nonfinite)
         reporter.event("stopped", step=step)
     else:
@@ -372,6 +384,8 @@ class _Run:
     resumed_from: Path | None = None
     skipped_steps: int = 0
     consecutive_nonfinite: int = 0
+    disk_reserve_bytes: int = 0  # train()'s arguments: free space a checkpoint leaves; how often a full disk is checked
+    disk_poll_s: float = 10.0
 
 
 def _resolve_device(name: str) -> str:
@@ -529,16 +543,39 @@ def _evaluate(config: TrainConfig, run: _Run, reporter: Reporter, *, step: int) 
 
 
 def _checkpoint(config: TrainConfig, run: _Run, reporter: Reporter, step: int, metrics: dict[str, float],
-                skipped: int, consecutive_nonfinite: int) -> Path:
+                skipped: int, consecutive_nonfinite: int) -> Path | None:
+    """Save, prune and report the checkpoint of `step`; None if a stop came while it waited for disk space."""
     state = {"step": step, "data_position": step * config.prompts_per_step, "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": config.to_json_dict(),
              "skipped_steps": skipped, "consecutive_nonfinite": consecutive_nonfinite}
     root = run.out_dir / "checkpoints"
     reporter.sync()  # the metrics up to `step` are durable before a resume could start after them
-    path = save_checkpoint(root, step, model=run.student, tokenizer=run.tokenizer, trainer_state=state,
-                           metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+    path = _save_when_space(reporter, step, run.disk_poll_s, lambda: save_checkpoint(
+        root, step, model=run.student, tokenizer=run.tokenizer, trainer_state=state,
+        metrics={k: v for k, v in metrics.items() if math.isfinite(v)}, reserve_bytes=run.disk_reserve_bytes))
+    if path is None:
+        return None
     if config.keep_checkpoints:
         prune_checkpoints(root, config.keep_checkpoints)
     reporter.checkpoint(step, path, metrics)
     reporter.event("checkpoint_saved", step=step, path=str(path))
     return path
+
+
+def _save_when_space(reporter: Reporter, step: int, poll_s: float, save: Callable[[], Path]) -> Path | None:
+    """`save()`, waiting out a full disk: on `DiskFull` report `disk_full` once, then check the free space every
+    `poll_s` seconds (heartbeats keep the job alive) and save again once it suffices. A stop request while
+    waiting returns None: the run stops without this checkpoint, and the earlier ones are intact."""
+    reported = False
+    while True:
+        try:
+            return save()
+        except DiskFull as full:
+            if not reported:
+                reporter.event("disk_full", step=step, needed_bytes=full.needed, free_bytes=full.free, path=full.path)
+                reported = True
+            while shutil.disk_usage(full.path).free < full.needed:
+                if reporter.should_stop():
+                    return None
+                reporter.heartbeat(step)
+                time.sleep(poll_s)

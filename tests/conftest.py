@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,49 @@ def warm_dirs(tmp_path_factory, tiny_dirs) -> dict[str, Path]:
         })
         out[role] = train(cfg).checkpoint
     return out
+
+
+@pytest.fixture()
+def small_disk(tmp_path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a tmpfs of the given size in bytes (a real file system that fills up: ENOSPC) and returns its
+    directory; unmounted after the test. Skips where mounting is not permitted (needs root / CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        if shutil.which("mount") is None:
+            pytest.skip("no `mount` command: cannot make a small file system to fill")
+        target = tmp_path / f"disk{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.strip() or done.returncode}); "
+                        "the disk-full tests need root or CAP_SYS_ADMIN")
+        mounted.append(target)
+        return target
+
+    try:
+        yield mount
+    finally:
+        for target in reversed(mounted):
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)], capture_output=True)  # still busy: detach it
+
+
+def _fill_disk(path: Path, leave: int = 0) -> Path:
+    ballast = path / "ballast"
+    with open(ballast, "wb", buffering=0) as f:  # unbuffered: ENOSPC is raised by the write, not by close()
+        chunk = b"\0" * (64 << 10)
+        try:
+            while (free := shutil.disk_usage(path).free) > leave:
+                f.write(chunk[: min(len(chunk), free - leave)])
+        except OSError:  # ENOSPC: full
+            pass
+    return ballast
+
+
+@pytest.fixture()
+def fill_disk() -> Callable[..., Path]:
+    """`fill_disk(path, leave=0)`: write a ballast file into `path` until only `leave` bytes (rounded to the
+    file system's block) are free, or the disk is full; returns the ballast file."""
+    return _fill_disk
