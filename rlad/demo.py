@@ -14,6 +14,8 @@ Steps 1-2 are cached in the work directory, so a second run goes straight to ste
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,13 @@ def demo_spec(teacher: Path, student: Path, steps: int) -> dict[str, Any]:
         "alpha": 0.5, "eval_every": max(1, steps // 4), "eval_size": 64, "checkpoint_every": max(1, steps // 2),
         "seed": 0,
     }
+
+
+def service_env(workdir: Path) -> dict[str, str]:
+    """The demo's models live in `workdir`: the embedded service must let jobs read them by path
+    (RLAD_MODEL_ROOTS, added to the caller's roots; the service's own data under it stays closed)."""
+    roots = json.loads(os.environ.get("RLAD_MODEL_ROOTS") or "[]")
+    return {"RLAD_MODEL_ROOTS": json.dumps([*roots, str(workdir.resolve())])}
 
 
 def warm_models(workdir: Path, *, quiet: bool = False, log: Callable[[str], Any] = print) -> tuple[Path, Path]:

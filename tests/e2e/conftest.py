@@ -3,6 +3,7 @@ against the embedded service (uvicorn, a Celery worker, SQLite, the filesystem b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     svc = LocalService(tmp_path_factory.mktemp("e2e-service"), port=free_port(), env={
         "RLAD_METRICS_FLUSH_S": "0.3", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_CANCEL_GRACE_S": "10",
-        "RLAD_JOB_CACHE_TTL_S": "0.2"})
+        "RLAD_JOB_CACHE_TTL_S": "0.2", "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])})
     svc.start()
     try:
         yield svc

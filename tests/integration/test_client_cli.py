@@ -34,7 +34,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("svc")
-    svc = LocalService(root / "data", port=_free_port())
+    # the tiny models live under pytest's temporary tree: jobs may read them there (not the result store)
+    svc = LocalService(root / "data", port=_free_port(),
+                       env={"RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])})
     try:
         svc.start(timeout_s=120)
         yield svc

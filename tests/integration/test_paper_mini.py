@@ -67,11 +67,12 @@ def test_the_tiny_preset_writes_tables_plots_and_raw_numbers(tmp_path) -> None:
         assert 1 <= shown <= total == preset.shared["eval_size"] and 0 <= int(all_knave) <= total and 0 <= int(correct) <= total
 
 
-def test_via_api_submits_every_run_as_a_job(tmp_path) -> None:
+def test_via_api_submits_every_run_as_a_job(tmp_path, tmp_path_factory) -> None:
     from rlad.service import LocalService, free_port
 
     preset = replace(PRESETS["tiny"], tasks=PRESETS["tiny"].tasks[:1], seeds=(0,), methods=("grpo", "rlad"), alphas=(0.5,))
-    with LocalService(tmp_path / "service", port=free_port()) as svc:
+    roots = {"RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}  # the models in tmp_path / "w"
+    with LocalService(tmp_path / "service", port=free_port(), env=roots) as svc:
         data = run_suite(preset, tmp_path / "w", tmp_path / "out", via_api=svc.base_url, api_key=svc.api_key,
                          log=lambda m: None)
         import httpx

@@ -7,6 +7,7 @@ PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) must be running (`.ci/run
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -20,7 +21,7 @@ from rlad_core.models import save_tiny_model
 
 PG_ADMIN = os.environ.get("RLAD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("RLAD_TEST_REDIS", "redis://127.0.0.1:6379/15")
-SETTINGS_ENV = ("RLAD_DATA_DIR", "RLAD_DATABASE_URL", "RLAD_BROKER_URL", "RLAD_RESULT_ROOT")
+SETTINGS_ENV = ("RLAD_DATA_DIR", "RLAD_DATABASE_URL", "RLAD_BROKER_URL", "RLAD_RESULT_ROOT", "RLAD_MODEL_ROOTS")
 
 
 def reset_caches() -> None:
@@ -58,12 +59,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def service_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def service_env(db_url: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Settings for an in-process API on `db_url`: data dir under tmp_path (filesystem broker, result store),
-    the database migrated to head."""
+    the database migrated to head. Jobs may read models under pytest's temporary tree (`model_roots_env`);
+    the result store inside it stays closed."""
     from store.migrate import upgrade
 
-    env = {"RLAD_DATA_DIR": str(tmp_path / "data"), "RLAD_DATABASE_URL": db_url}
+    env = {"RLAD_DATA_DIR": str(tmp_path / "data"), "RLAD_DATABASE_URL": db_url, **model_roots_env(tmp_path_factory)}
     for k in SETTINGS_ENV:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
@@ -92,6 +95,11 @@ def client(service_env: dict[str, str]):
 
     with TestClient(create_app(), raise_server_exceptions=False) as c:
         yield c
+
+
+def model_roots_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """RLAD_MODEL_ROOTS for a service whose tests use tiny models under pytest's base temporary directory."""
+    return {"RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}
 
 
 def auth(key: str) -> dict[str, str]:

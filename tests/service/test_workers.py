@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from rlad.service import LocalService
-from tests.service.conftest import PG_ADMIN, REDIS, free_port, tiny_spec
+from tests.service.conftest import PG_ADMIN, REDIS, free_port, model_roots_env, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     svc = LocalService(tmp_path_factory.mktemp("stack"), port=free_port(), env={
         "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", "RLAD_BROKER_URL": REDIS,
         "RLAD_REAPER_INTERVAL_S": "1", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_HEARTBEAT_TIMEOUT_S": "30",
-        "RLAD_CANCEL_GRACE_S": "8", "RLAD_METRICS_FLUSH_S": "0.5",
+        "RLAD_CANCEL_GRACE_S": "8", "RLAD_METRICS_FLUSH_S": "0.5", **model_roots_env(tmp_path_factory),
     })
     svc.start()
     try:
@@ -153,7 +153,7 @@ def test_trainer_killed_is_lost_requeued_and_resumes_with_continuous_metrics(htt
 
 
 def test_twenty_concurrent_posts_with_one_idempotency_key_make_one_job(http, stack) -> None:
-    body = {"student": "/nowhere/s", "teacher": "/nowhere/t", "steps": 1, "batch_size": 4, "group_size": 2}
+    body = {"student": "nowhere/s", "teacher": "nowhere/t", "steps": 1, "batch_size": 4, "group_size": 2}
     key = f"k-{uuid.uuid4().hex}"
     barrier = threading.Barrier(20)
     results: list[tuple[int, str]] = []
