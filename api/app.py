@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import dashboard, errors
+from api.edge import EdgeGuard
 from api.fastpath import JobPollFastPath
 from api.routes import checkpoints, datasets, health, jobs, metrics, queue
 
@@ -41,12 +42,18 @@ def create_app() -> FastAPI:
                 if path.startswith("/v1/"):
                     for op in ops.values():
                         op["security"] = [{"bearer": []}]
+                        # any /v1 call needs the database (the key lookup at least)
+                        op["responses"].setdefault("503", {
+                            "description": "the database is unavailable; retry after `Retry-After` seconds",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # outermost: the poll fast path answers cached GET /v1/jobs/{id} before any other layer runs
+    # outermost: the poll fast path answers cached GET /v1/jobs/{id} before any other layer runs; then the
+    # guard authenticates /v1 and caps bodies before anything reads one
     build_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: JobPollFastPath(build_stack())  # type: ignore[method-assign]
+    app.build_middleware_stack = lambda: JobPollFastPath(EdgeGuard(build_stack()))  # type: ignore[method-assign]
     return app

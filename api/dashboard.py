@@ -1,7 +1,9 @@
 """The team dashboard: server-rendered pages (Jinja2) over the same store and the same team keys as /v1.
 
-Signing in puts the key in a Secure, HttpOnly, SameSite=Strict cookie; the pages' scripts then call the
-/v1 API with it (writes also send the X-Requested-With header, see `api.deps.request_key`). Charts are uPlot,
+Signing in checks the key once and starts a server-side session (`store.sessions`): the Secure, HttpOnly,
+SameSite=Strict cookie holds a random token, never the key, for `RLAD_UI_SESSION_TTL_S`; signing out deletes
+the session, so the cookie stops working at once. The pages' scripts call the /v1 API with that cookie
+(writes also send the X-Requested-With header, see `api.deps.authenticate`). Charts are uPlot,
 served from `api/static/vendor` (no CDN, no build step)."""
 
 from __future__ import annotations
@@ -14,11 +16,22 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import SESSION_COOKIE, Caller, ReadSessionDep, SettingsDep, caller_for_key
+from api.deps import (
+    SESSION_COOKIE,
+    Caller,
+    ReadSessionDep,
+    SettingsDep,
+    caller_for_key,
+    caller_for_session,
+    is_job_id,
+)
 from api.routes.jobs import job_public
 from rlad_core.config import METHODS
 from store import jobs as job_store
+from store import sessions
+from store.db import session_scope
 from store.errors import NotFound
 from store.models import JobStatus
 
@@ -37,8 +50,18 @@ def _safe_next(path: str | None) -> str:
 
 
 async def _signed_in(request: Request) -> Caller | None:
-    key = request.cookies.get(SESSION_COOKIE)
-    return await caller_for_key(key) if key else None
+    token = request.cookies.get(SESSION_COOKIE)
+    return await caller_for_session(token) if token else None
+
+
+def _start_session(team_id: str, ttl_s: float) -> str:
+    with session_scope() as s:
+        return sessions.create_session(s, team_id=team_id, ttl_s=ttl_s)
+
+
+def _end_session(token: str) -> None:
+    with session_scope() as s:
+        sessions.delete_session(s, token=token)
 
 
 PageCaller = Annotated[Caller | None, Depends(_signed_in)]  # None: not signed in -> the sign-in page
@@ -72,16 +95,20 @@ async def login(request: Request, settings: SettingsDep, key: Annotated[str, For
         error = "Enter your team's API key." if not key else "That key is unknown or revoked."
         return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": error},
                                           status_code=401)
+    token = await run_in_threadpool(_start_session, caller.team_id, settings.ui_session_ttl_s)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, key, max_age=7 * 24 * 3600, httponly=True, secure=settings.cookie_secure,
-                        samesite="strict", path="/")
+    response.set_cookie(SESSION_COOKIE, token, max_age=int(settings.ui_session_ttl_s), httponly=True,
+                        secure=settings.cookie_secure, samesite="strict", path="/")
     return response
 
 
 @router.post("/ui/logout")
-def logout() -> RedirectResponse:
+def logout(request: Request) -> RedirectResponse:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        _end_session(token)  # a copy of the cookie stops working too, not only this browser's
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
     return response
 
 
@@ -98,6 +125,8 @@ def job_page(request: Request, job_id: str, session: ReadSessionDep, caller: Pag
     if caller is None:
         return _to_login(request)
     try:
+        if not is_job_id(job_id):  # never sent to the database (PostgreSQL refuses a NUL)
+            raise NotFound("job", job_id)
         job = job_public(session, job_store.get_job(session, team_id=caller.team_id, job_id=job_id))
     except NotFound:
         return _page(request, "not_found.html", caller, status_code=404, page="not-found", job_id=job_id)
@@ -113,6 +142,8 @@ def compare_page(request: Request, session: ReadSessionDep, caller: PageCaller,
     found, missing = [], []
     for job_id in ids:
         try:
+            if not is_job_id(job_id):
+                raise NotFound("job", job_id)
             found.append(job_public(session, job_store.get_job(session, team_id=caller.team_id, job_id=job_id)))
         except NotFound:
             missing.append(job_id)

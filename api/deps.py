@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from store import teams
+from store import sessions, teams
 from store.db import read_session, session_scope
+from store.errors import NotFound
 from store.results import ResultStore, get_result_store
 from store.settings import Settings, get_settings
 
@@ -65,22 +69,14 @@ def _cached(key: str) -> Caller | None:
     return hit[0] if hit and hit[1] > time.monotonic() else None
 
 
-SESSION_COOKIE = "rlad_key"  # the dashboard's sign-in: the key in a Secure, HttpOnly, SameSite=Strict cookie
+SESSION_COOKIE = "rlad_session"  # the dashboard's sign-in: a random token (a `ui_sessions` row), never the API key
 CSRF_HEADER = "x-requested-with"  # cookie-authenticated writes must carry it (a cross-site form cannot)
+CALLER_STATE = "rlad_caller"  # scope["state"] key where `api.edge.EdgeGuard` leaves the authenticated caller
 _SAFE = {"GET", "HEAD", "OPTIONS"}
 
 
-def request_key(request: Request) -> str | None:
-    """The request's API key: `Authorization: Bearer`, else the dashboard's cookie."""
-    key = _bearer(request.headers.get("authorization", ""))
-    if key is not None:
-        return key
-    key = request.cookies.get(SESSION_COOKIE)
-    if key and request.method not in _SAFE and not request.headers.get(CSRF_HEADER):
-        raise HTTPException(401, f"a signed-in browser's writes need the {CSRF_HEADER} header; "
-                                 "fix: send it (the dashboard does), or use 'Authorization: Bearer <key>'",
-                            headers=UNAUTHORIZED)
-    return key or None
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers=UNAUTHORIZED)
 
 
 async def caller_for_key(key: str) -> Caller | None:
@@ -96,16 +92,62 @@ async def caller_for_key(key: str) -> Caller | None:
     return caller
 
 
-async def current_caller(request: Request) -> Caller:
-    """The team of the request's API key (async: a cached key costs no thread hop and no query)."""
-    key = request_key(request)
-    if key is None:
-        raise HTTPException(401, "missing API key; fix: send 'Authorization: Bearer <key>' "
-                                 "(mint one with `rlad keys create --team NAME`)", headers=UNAUTHORIZED)
-    caller = await caller_for_key(key)
+def _lookup_session(token: str) -> Caller | None:
+    with read_session() as s:
+        team = sessions.team_for_session(s, token=token)
+        return Caller(team.id, team.name) if team else None
+
+
+async def caller_for_session(token: str) -> Caller | None:
+    """The team of a dashboard sign-in. Not cached: signing out must end it at once in every process."""
+    return await run_in_threadpool(_lookup_session, token)
+
+
+async def authenticate(request: Request) -> Caller:
+    """The caller of `Authorization: Bearer <key>`, else of the dashboard's session cookie (whose writes must
+    carry the CSRF header). Reads headers only, never the body. Raises a 401 HTTPException."""
+    key = _bearer(request.headers.get("authorization", ""))
+    if key is not None:
+        caller = await caller_for_key(key)
+        if caller is None:
+            raise _unauthorized("unknown or revoked API key")
+        return caller
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise _unauthorized("missing API key; fix: send 'Authorization: Bearer <key>' "
+                            "(mint one with `rlad keys create --team NAME`)")
+    if request.method not in _SAFE and not request.headers.get(CSRF_HEADER):
+        raise _unauthorized(f"a signed-in browser's writes need the {CSRF_HEADER} header; "
+                            "fix: send it (the dashboard does), or use 'Authorization: Bearer <key>'")
+    caller = await caller_for_session(token)
     if caller is None:
-        raise HTTPException(401, "unknown or revoked API key", headers=UNAUTHORIZED)
+        raise _unauthorized("the dashboard sign-in has ended (signed out or expired); fix: sign in again")
     return caller
+
+
+async def current_caller(request: Request) -> Caller:
+    """The team of the request's API key or sign-in (async: a cached key costs no thread hop and no query).
+    /v1 requests were authenticated by `api.edge.EdgeGuard` before their body was read: reuse its answer."""
+    caller = request.scope.get("state", {}).get(CALLER_STATE)
+    return caller if isinstance(caller, Caller) else await authenticate(request)
+
+
+# a job id is `job_` and hex (store.models.new_id); anything else is no job, answered without a query (and
+# never sent to PostgreSQL, which refuses a NUL in a string with an error)
+JOB_ID_PATTERN = r"^job_[0-9a-f]{1,60}$"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+# free text in a query parameter (metric keys, methods): printable, no control characters (NUL above all)
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def is_job_id(value: str) -> bool:
+    return _JOB_ID.fullmatch(value) is not None
+
+
+async def job_id_path(job_id: Annotated[str, PathParam(description="a job id (`job_` and hex)")]) -> str:
+    if not is_job_id(job_id):
+        raise NotFound("job", job_id)
+    return job_id
 
 
 def result_store(settings: Annotated[Settings, Depends(get_settings)]) -> ResultStore:
@@ -117,3 +159,5 @@ ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 CallerDep = Annotated[Caller, Depends(current_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ResultStore, Depends(result_store)]
+JobId = Annotated[str, Depends(job_id_path)]  # a {job_id} path parameter: 404 unless shaped like a job id
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE_PATTERN)]

@@ -154,8 +154,13 @@ class SampleList(BaseModel):
 
 class QueueDepth(BaseModel):
     queue: str
-    queued: int = Field(description="jobs waiting")
-    running: int = Field(description="jobs held by a worker (starting, running, cancelling)")
+    queued: int = Field(description="the caller's team's jobs waiting on this queue")
+    running: int = Field(description="the caller's team's jobs held by a worker (starting, running, cancelling)")
+
+
+class QueueTotals(BaseModel):
+    queued: int = Field(description="jobs waiting, all teams and queues")
+    running: int = Field(description="jobs held by a worker, all teams and queues")
 
 
 class WorkerPublic(BaseModel):
@@ -169,5 +174,6 @@ class WorkerPublic(BaseModel):
 
 
 class QueueState(BaseModel):
-    queues: list[QueueDepth]
+    queues: list[QueueDepth] = Field(description="the caller's team's jobs per queue")
+    totals: QueueTotals = Field(description="the whole cluster's load (no per-team detail)")
     workers: list[WorkerPublic]

@@ -54,3 +54,14 @@ class InvalidDataset(StoreError):
 
 class TooLarge(StoreError):
     code = "too_large"
+
+
+class QuotaExceeded(StoreError):
+    """A team already has as many active jobs as the limit allows; nothing was stored."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        super().__init__(f"the team already has {limit} jobs queued or running (max_active_jobs_per_team={limit}); "
+                         "fix: wait for some to finish, or cancel some")

@@ -192,6 +192,18 @@ def latest_points(session: Session, *, job_id: str, keys: list[str] | None = Non
     return out
 
 
+def tail_cursor(session: Session, *, job_id: str, points: int) -> float:
+    """A `metrics_after` cursor that leaves the newest `points` rows after it, whole batches (rows written
+    together share their time): where a live tail opened without a cursor starts, so that it does not replay
+    a long history. 0.0 when the job has no more rows than that. Two lookups on the (job, time) index."""
+    kth = session.scalar(select(Metric.time).where(Metric.job_id == job_id)
+                         .order_by(Metric.time.desc()).offset(points - 1).limit(1))
+    if kth is None:
+        return 0.0
+    before = session.scalar(select(func.max(Metric.time)).where(Metric.job_id == job_id, Metric.time < kth))
+    return float(before) if before is not None else 0.0
+
+
 def metrics_after(session: Session, *, job_id: str, after_time: float, limit: int = 5000) -> list[tuple[str, int, float | None, float]]:
     """Rows written after `after_time` (the live tail of /metrics/stream), oldest first."""
     q = (select(Metric.key, Metric.step, Metric.value, Metric.time)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import CallerDep, ReadSessionDep, StoreDep
+from api.deps import CallerDep, JobId, ReadSessionDep, StoreDep
 from api.downloads import TarStream
 from api.routes.jobs import E401, E404, E422
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
@@ -32,7 +32,7 @@ def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
-def list_checkpoints(job_id: str, session: ReadSessionDep, caller: CallerDep) -> CheckpointList:
+def list_checkpoints(job_id: JobId, session: ReadSessionDep, caller: CallerDep) -> CheckpointList:
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     return CheckpointList(items=[_public(job_id, c) for c in ckpt_store.list_checkpoints(session, job_id=job_id)])
 
@@ -43,7 +43,7 @@ def _checkpoint(session: ReadSessionDep, caller: CallerDep, job_id: str, step: i
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
-def checkpoint_detail(job_id: str, step: Step, session: ReadSessionDep, caller: CallerDep,
+def checkpoint_detail(job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep,
                       store: StoreDep) -> CheckpointDetail:
     c = _checkpoint(session, caller, job_id, step)
     files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
@@ -56,7 +56,7 @@ def checkpoint_detail(job_id: str, step: Step, session: ReadSessionDep, caller: 
                      "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256"},
                **E401, **E404C, **E422},
 )
-def download(job_id: str, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
+def download(job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
     """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
     c = _checkpoint(session, caller, job_id, step)
     files = store.checkpoint_files(c.location)
@@ -75,7 +75,7 @@ def download(job_id: str, step: Step, session: ReadSessionDep, caller: CallerDep
                416: {"description": "the Range lies outside the file"},
                **E401, **E404C, **E422},
 )
-def download_file(job_id: str, step: Step, name: str, session: ReadSessionDep, caller: CallerDep,
+def download_file(job_id: JobId, step: Step, name: str, session: ReadSessionDep, caller: CallerDep,
                   store: StoreDep) -> LargeFileResponse:
     """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
     c = _checkpoint(session, caller, job_id, step)

@@ -7,17 +7,18 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, ReadSessionDep, SessionDep, SettingsDep
+from api.deps import JOB_ID_PATTERN, CallerDep, JobId, QueryText, ReadSessionDep, SessionDep, SettingsDep
 from api.schemas import ErrorBody, EventList, EventPublic, JobList, JobPublic
 from rlad_core.config import TrainConfig
 from store import jobs as job_store
 from store import states
 from store.db import read_session
 from store.dispatch import dispatch_job
+from store.errors import InvalidSpec
 from store.models import Job, JobStatus
 from store.settings import get_settings
 
@@ -28,6 +29,36 @@ E401 = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
 E404 = {404: {"model": ErrorBody, "description": "no such job for this team"}}
 E400 = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
 E422 = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
+E413 = {413: {"model": ErrorBody, "description": "the body is larger than the server's limit"}}
+E415 = {415: {"model": ErrorBody, "description": "the body is not JSON (Content-Type must be application/json)"}}
+E429 = {429: {"model": ErrorBody, "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running; "
+                                                 "retry after `Retry-After` seconds",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+
+
+async def json_body(request: Request) -> None:
+    """A JSON route's body must be JSON (no Content-Type is read as JSON, as FastAPI does)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPException(415, "send the job spec as JSON with Content-Type: application/json")
+
+
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """The first field whose name or text holds a NUL character (PostgreSQL cannot store one), else None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        sub = f"{path}.{k}" if path else str(k)
+        if "\x00" in str(k):
+            return sub
+        found = _nul_field(v, sub)
+        if found is not None:
+            return found
+    return None
 
 _SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
 _SPEC_DEFS = _SPEC_SCHEMA.pop("$defs", {})
@@ -49,17 +80,24 @@ def job_public(session: Session, job: Job) -> JobPublic:
     "", status_code=202, response_model=JobPublic,
     responses={200: {"model": JobPublic, "description": "the job this Idempotency-Key already created"},
                409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
-               **E400, **E401, **E422},
+               **E400, **E401, **E413, **E415, **E422, **E429},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _SPEC_SCHEMA}}}},
+    dependencies=[Depends(json_body)],
 )
 def submit(
     session: SessionDep, caller: CallerDep, settings: SettingsDep, response: Response,
     spec: Annotated[dict[str, Any], Body()],
-    idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same job")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x20-\x7e]+$",
+                                                  description="same key + same body = same job")] = None,
 ) -> JobPublic:
-    """Queue a distillation job. The body is the job spec (rlad_core's TrainConfig, as JSON)."""
+    """Queue a distillation job. The body is the job spec (rlad_core's TrainConfig, as JSON). A team has at
+    most `RLAD_MAX_ACTIVE_JOBS_PER_TEAM` jobs queued or running at once (429 beyond it)."""
+    nul = _nul_field(spec)
+    if nul is not None:
+        raise InvalidSpec([(nul, "contains a NUL character; fix: remove it")])
     job, created = job_store.submit_job(session, team_id=caller.team_id, spec=spec, idempotency_key=idempotency_key,
-                                        queue=settings.default_queue, max_attempts=settings.max_attempts)
+                                        queue=settings.default_queue, max_attempts=settings.max_attempts,
+                                        max_active=settings.max_active_jobs_per_team)
     if not created:
         response.status_code = 200
         return job_public(session, job)
@@ -76,10 +114,11 @@ def submit(
 @router.get("", response_model=JobList, responses={**E401, **E422})
 def list_jobs(
     session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
-    after: Annotated[str | None, Query(max_length=64, description="`next_after` of the previous page")] = None,
+    after: Annotated[str | None, Query(max_length=64, pattern=JOB_ID_PATTERN,
+                                       description="`next_after` of the previous page (a job id)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     status: Annotated[list[JobStatus] | None, Query(description="filter; repeat for several")] = None,
-    method: Annotated[list[str] | None, Query(description="filter; repeat for several")] = None,
+    method: Annotated[list[QueryText] | None, Query(description="filter; repeat for several")] = None,
 ) -> JobList:
     """The team's jobs, newest first, a page at a time."""
     rows, has_more = job_store.list_jobs(session, team_id=caller.team_id, after=after,
@@ -142,7 +181,7 @@ def _job_json(job_id: str, team_id: str) -> bytes:
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={**E401, **E404})
-async def get_job(job_id: str, caller: CallerDep) -> Response:
+async def get_job(job_id: JobId, caller: CallerDep) -> Response:
     """A job's status and progress (at most `RLAD_JOB_CACHE_TTL_S` old, default 1 s)."""
     # the hot path of every poller: async, no sync dependency (each costs a thread hop), no re-validation
     body = job_cache.get(job_id, caller.team_id)
@@ -152,7 +191,7 @@ async def get_job(job_id: str, caller: CallerDep) -> Response:
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses={**E401, **E404})
-def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+def cancel(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` once the trainer has saved a final
     checkpoint and stopped. Terminal: unchanged (cancel is idempotent)."""
     job = job_store.request_cancel(session, team_id=caller.team_id, job_id=job_id)
@@ -163,7 +202,7 @@ def cancel(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=EventList, responses={**E401, **E404, **E422})
 def events(
-    job_id: str, session: ReadSessionDep, caller: CallerDep,
+    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, ReadSessionDep, SettingsDep
+from api.deps import CallerDep, JobId, QueryText, ReadSessionDep, SettingsDep
 from api.routes.jobs import E401, E404, E422
 from api.schemas import LatestMetrics, LatestPoint, MetricSeries, MetricsPublic, SampleList, SamplePublic
 from store import jobs as job_store
@@ -21,12 +21,13 @@ from store import states
 from store.db import session_scope
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
+TAIL_POINTS = 2000  # a stream opened without a cursor starts with about this many newest points, not the history
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
 def read(
-    job_id: str, session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
-    key: Annotated[list[str] | None, Query(description="metric keys (repeat); default: all")] = None,
+    job_id: JobId, session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
+    key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
     step_min: Annotated[int | None, Query(ge=0)] = None,
     step_max: Annotated[int | None, Query(ge=0)] = None,
     max_points: Annotated[int, Query(ge=1, le=10_000, description="at most this many points per key")] = 1000,
@@ -46,8 +47,8 @@ def read(
 
 @router.get("/{job_id}/metrics/latest", response_model=LatestMetrics, responses={**E401, **E404, **E422})
 def latest(
-    job_id: str, session: ReadSessionDep, caller: CallerDep,
-    key: Annotated[list[str] | None, Query(description="metric keys (repeat); default: all")] = None,
+    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
+    key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
 ) -> LatestMetrics:
     """The newest value of each key (progress bars, dashboards' summary tiles)."""
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
@@ -58,7 +59,7 @@ def latest(
 
 @router.get("/{job_id}/samples", response_model=SampleList, responses={**E401, **E404, **E422})
 def samples(
-    job_id: str, session: ReadSessionDep, caller: CallerDep,
+    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=sample_store.KEEP)] = 20,
     eval: Annotated[bool | None, Query(description="true: evaluation samples only; false: training only")] = None,
 ) -> SampleList:
@@ -77,14 +78,23 @@ def samples(
         **E401, **E404, **E422},
 )
 async def stream(
-    job_id: str, request: Request, session: ReadSessionDep, caller: CallerDep,
-    since: Annotated[float, Query(ge=0, description="unix time; only points written later (default: all)")] = 0.0,
+    job_id: JobId, request: Request, session: ReadSessionDep, caller: CallerDep,
+    since: Annotated[float | None, Query(ge=0, description="unix time; only points written later (0: the whole "
+                                                             "history; default: the newest points, see above)")] = None,
     poll_s: Annotated[float, Query(ge=0.1, le=10)] = 1.0,
 ) -> StreamingResponse:
-    """Live tail of a job's metrics (server-sent events). Reconnect with `Last-Event-ID` (or `since`)."""
+    """Live tail of a job's metrics (server-sent events). Opened without a cursor it starts with the newest
+    points only (about the last 2,000 written), not the whole history: read the history with
+    `GET /metrics`, then tail from the newest `times` value it returned with `since`. `since` and
+    `Last-Event-ID` (reconnects) resume exactly: every point written after that time."""
     await run_in_threadpool(job_store.get_job, session, team_id=caller.team_id, job_id=job_id)
     last_id = request.headers.get("last-event-id")
-    cursor = float(last_id) if last_id and last_id.replace(".", "", 1).isdigit() else since
+    if last_id and last_id.replace(".", "", 1).isdigit():
+        cursor = float(last_id)
+    elif since is not None:
+        cursor = since
+    else:
+        cursor = await run_in_threadpool(metric_store.tail_cursor, session, job_id=job_id, points=TAIL_POINTS)
 
     def poll(after: float) -> tuple[list, bool, str]:
         with session_scope() as s:

@@ -1,4 +1,5 @@
-"""The shared queues and the workers that serve them (every team sees the same cluster, not others' jobs)."""
+"""The shared queues and the workers that serve them: a team sees its own jobs per queue, the cluster's load only
+as totals, and the workers without others' job ids."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter
 
 from api.deps import CallerDep, ReadSessionDep, SettingsDep
 from api.routes.jobs import E401
-from api.schemas import QueueDepth, QueueState, WorkerPublic
+from api.schemas import QueueDepth, QueueState, QueueTotals, WorkerPublic
 from store import workers as worker_store
 
 router = APIRouter(prefix="/v1", tags=["queue"])
@@ -14,13 +15,14 @@ router = APIRouter(prefix="/v1", tags=["queue"])
 
 @router.get("/queue", response_model=QueueState, responses={**E401})
 def queue_state(session: ReadSessionDep, caller: CallerDep, settings: SettingsDep) -> QueueState:
-    """Jobs waiting and running per queue; workers with their heartbeats and the job each runs (its id only
-    when the job is the caller's team's)."""
-    depths = worker_store.queue_depths(session)
+    """The caller's team's jobs waiting and running per queue, the cluster's totals (all teams), and the workers
+    with their heartbeats and the job each runs (its id only when the job is the caller's team's)."""
+    depths = worker_store.queue_depths(session, team_id=caller.team_id)
     depths.setdefault(settings.default_queue, {"queued": 0, "running": 0})  # shown even when idle
     workers = worker_store.list_workers(session, timeout_s=settings.heartbeat_timeout_s)
     return QueueState(
         queues=[QueueDepth(queue=q, **d) for q, d in sorted(depths.items())],
+        totals=QueueTotals(**worker_store.cluster_totals(session)),
         workers=[WorkerPublic(name=w.name, queues=w.queues, started_at=w.started_at, heartbeat_age_s=w.heartbeat_age_s,
                               alive=w.alive, busy=w.job_id is not None,
                               job_id=w.job_id if w.job_team_id == caller.team_id else None) for w in workers])

@@ -337,6 +337,9 @@
       const q = await api("/v1/queue");
       $("#queues tbody").replaceChildren(...q.queues.map((d) => el("tr", { "data-queue": d.queue },
         el("td", { text: d.queue }), el("td", { class: "num", text: d.queued }), el("td", { class: "num", text: d.running }))));
+      const [allQueued, allRunning] = document.querySelectorAll("#queue-totals td");
+      allQueued.textContent = q.totals.queued;  // the cluster's load: totals only, no other team's detail
+      allRunning.textContent = q.totals.running;
       $("#workers tbody").replaceChildren(...q.workers.map((w) => el("tr", { "data-worker": w.name },
         el("td", { text: w.name }), el("td", { text: w.queues.join(", ") }),
         el("td", {}, el("span", { class: "chip " + (w.alive ? (w.busy ? "status-running" : "status-queued") : "status-failed"),

@@ -24,8 +24,9 @@ def test_sign_in_sets_a_secure_http_only_cookie_and_a_wrong_key_is_refused(page,
     assert page.get_by_role("alert").inner_text() == "That key is unknown or revoked."
     sign_in(page, service, service.api_key)
     (cookie,) = page.context.cookies()
-    assert cookie["name"] == "rlad_key" and cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
-    assert "rlad_key" not in page.evaluate("document.cookie")  # scripts cannot read it
+    assert cookie["name"] == "rlad_session" and cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert cookie["value"] != service.api_key  # a server-side session's token, never the key
+    assert "rlad_session" not in page.evaluate("document.cookie")  # scripts cannot read it
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/ui/login")
     assert page.context.cookies() == []

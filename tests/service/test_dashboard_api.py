@@ -9,7 +9,7 @@ from store import workers as worker_store
 from store.db import session_scope
 from tests.service.conftest import auth
 
-SPEC = {"student": "/models/s", "teacher": "/models/t", "steps": 10, "batch_size": 8, "group_size": 4}
+SPEC = {"student": "rlad-test/s", "teacher": "rlad-test/t", "steps": 10, "batch_size": 8, "group_size": 4}
 
 
 def submit(client, key: str) -> dict:
@@ -34,11 +34,21 @@ def test_pages_send_a_signed_out_browser_to_sign_in_and_back(client, keys) -> No
         assert r.headers["location"] == "/ui/jobs", target
 
 
+def sign_in(client, key: str) -> str:
+    """The session cookie's value after signing in with `key` (the client keeps no cookie: tests send it)."""
+    r = client.post("/ui/login", data={"key": key}, follow_redirects=False)
+    assert r.status_code == 303
+    token = r.cookies["rlad_session"]
+    client.cookies.clear()
+    return token
+
+
 def test_the_cookie_authenticates_reads_and_writes_need_the_header(client, keys) -> None:
     job = submit(client, keys["red"])
-    cookie = {"Cookie": f"rlad_key={keys['red']}"}
+    cookie = {"Cookie": f"rlad_session={sign_in(client, keys['red'])}"}
     assert client.get(f"/v1/jobs/{job['id']}", headers=cookie).json()["id"] == job["id"]
-    assert client.get(f"/v1/jobs/{job['id']}", headers={"Cookie": f"rlad_key={keys['blue']}"}).status_code == 404
+    blue = {"Cookie": f"rlad_session={sign_in(client, keys['blue'])}"}
+    assert client.get(f"/v1/jobs/{job['id']}", headers=blue).status_code == 404
     forged = client.post(f"/v1/jobs/{job['id']}/cancel", headers=cookie)  # what a cross-site form could send
     assert forged.status_code == 401 and "x-requested-with" in forged.json()["error"]["message"]
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["red"])).json()["status"] == "queued"
@@ -80,10 +90,15 @@ def test_queue_shows_depth_and_workers_but_only_the_callers_job_ids(client, keys
     with session_scope() as s:
         worker_store.worker_gone(s, name="cpu@c", pid=13)
     red = client.get("/v1/queue", headers=auth(keys["red"])).json()
-    assert red["queues"] == [{"queue": "gpu", "queued": 1, "running": 2}]
+    # per queue only the caller's own jobs; the whole cluster only as totals
+    assert red["queues"] == [{"queue": "gpu", "queued": 1, "running": 1}]
+    assert red["totals"] == {"queued": 1, "running": 2}
     workers = {w["name"]: w for w in red["workers"]}
     assert set(workers) == {"gpu@a", "gpu@b"} and all(w["alive"] for w in workers.values())
     assert workers["gpu@a"]["job_id"] == red_job["id"] and workers["gpu@a"]["busy"]
     assert workers["gpu@b"]["job_id"] is None and workers["gpu@b"]["busy"]  # another team's job: no id
-    blue = {w["name"]: w for w in client.get("/v1/queue", headers=auth(keys["blue"])).json()["workers"]}
+    blue_state = client.get("/v1/queue", headers=auth(keys["blue"])).json()
+    assert blue_state["queues"] == [{"queue": "gpu", "queued": 0, "running": 1}]
+    assert blue_state["totals"] == {"queued": 1, "running": 2}
+    blue = {w["name"]: w for w in blue_state["workers"]}
     assert blue["gpu@b"]["job_id"] == blue_job["id"] and blue["gpu@a"]["job_id"] is None
