@@ -262,7 +262,8 @@ def submit(
     spec_path: Annotated[Path, typer.Argument(help="YAML (or JSON) job spec", metavar="SPEC")],
     set_: Annotated[list[str], typer.Option("--set", help="override a field: --set steps=20 --set task.levels=[1]")] = [],  # noqa: B006
     wait: Annotated[bool, typer.Option("--wait", help="follow the job with a progress bar until it ends")] = False,
-    idempotency_key: Annotated[str | None, typer.Option(help="same key + same spec = the same job")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        help="same key + same spec = the same job (default: a new key, kept across this command's retries)")] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls with --wait")] = 1.0,
 ) -> None:
     """Submit a job to the service; prints the job id (exit code 1 with --wait if it fails or is cancelled)."""
@@ -528,11 +529,15 @@ def up(
         console.print(f"data: {svc.data_dir}   logs: {svc.data_dir / 'logs'}")
         console.print(f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
                       f"RLAD_DATA_DIR={svc.data_dir}")
-        console.print("Ctrl-C stops it; a job that is running resumes from its last checkpoint at the next start.")
+        console.print("Ctrl-C stops it: a running job checkpoints first and resumes from there at the next start.")
+        restarts: list[float] = []
         while True:
-            for name, proc in svc.procs.items():
-                if proc.poll() is not None:
-                    err.print(f"[red]{name} exited with code {proc.returncode}; see {svc.data_dir / 'logs' / name}.log[/red]")
+            for name, code in svc.restart_exited():
+                err.print(f"[yellow]{name} exited with code {code}; restarted (see {svc.data_dir / 'logs' / name}.log)"
+                          "[/yellow]")
+                restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
+                if len(restarts) > 5:
+                    err.print("[red]more than 5 restarts within a minute; stopping[/red]")
                     raise typer.Exit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -552,12 +557,12 @@ def demo(
     """A small RLAD job through the embedded service: warm up a tiny teacher and student on arithmetic, start
     the service, submit the job over HTTP, follow it, download the checkpoint and load it with transformers."""
     from rlad.client import Client
-    from rlad.demo import demo_spec, warm_models
+    from rlad.demo import demo_spec, service_env, warm_models
     from rlad.service import LocalService, free_port
 
     workdir = workdir.resolve()
     teacher, student = warm_models(workdir, quiet=quiet, log=console.print)
-    svc = LocalService(workdir / "service", port=free_port())
+    svc = LocalService(workdir / "service", port=free_port(), env=service_env(workdir))
     console.print("starting the embedded service (API + worker, SQLite, filesystem broker) ...")
     try:
         svc.start()

@@ -33,6 +33,7 @@ KEY_FILE = "api_key"  # what `rlad up` (rlad.service.LocalService) writes into t
 MANIFEST = "manifest.json"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # `lost` is re-queued, not final
 CHUNK = 1 << 20
+RETRY_STATUSES = frozenset({502, 503, 504})  # the service or its database is restarting: the same request may pass
 
 JobDict = dict[str, Any]
 
@@ -57,20 +58,27 @@ class FieldError(NamedTuple):
 class ApiError(RladError):
     """The API answered with an error: `{"error": {"code", "message", "fields": [{"field", "message"}]}}`."""
 
-    def __init__(self, status: int, code: str, message: str, fields: Iterable[FieldError] = ()):
+    def __init__(self, status: int, code: str, message: str, fields: Iterable[FieldError] = (),
+                 retry_after: float | None = None):
         self.status, self.code, self.message = status, code, message
         self.fields = [FieldError(*f) for f in fields]
+        self.retry_after = retry_after  # seconds, from the Retry-After header (503, 429)
         super().__init__(f"{message} (HTTP {status}, {code})")
 
     @classmethod
     def from_response(cls, resp: httpx.Response) -> ApiError:
+        retry_after = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(resp.headers.get("retry-after", "")) or None
         try:
             err = resp.json()["error"]
             fields = [FieldError(str(f.get("field", "")), str(f.get("message", ""))) for f in err.get("fields") or []]
-            return cls(resp.status_code, str(err.get("code", "error")), str(err.get("message", "")), fields)
+            return cls(resp.status_code, str(err.get("code", "error")), str(err.get("message", "")), fields,
+                       retry_after)
         except (ValueError, KeyError, TypeError, AttributeError):  # not our error body (a proxy, say)
             text = resp.text.strip()[:300]
-            return cls(resp.status_code, "http_error", text or resp.reason_phrase or f"HTTP {resp.status_code}")
+            return cls(resp.status_code, "http_error", text or resp.reason_phrase or f"HTTP {resp.status_code}",
+                       retry_after=retry_after)
 
 
 def default_data_dir() -> Path:
@@ -199,11 +207,21 @@ class Client:
             raise self._unreachable(exc) from None
 
     # ----- jobs -------------------------------------------------------------------------------------------
-    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> JobDict:
-        """Queue a job; the spec is rlad_core's TrainConfig as a dict. With an idempotency key, the same key
-        and spec return the job already created (`ApiError` 409 when the spec differs)."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None, *, retries: int = 4) -> JobDict:
+        """Queue a job; the spec is rlad_core's TrainConfig as a dict. The same idempotency key and spec return
+        the job already created (`ApiError` 409 when the spec differs). Without a key one is made up, so that
+        the retries here (no answer, or 502/503/504 such as a database restart, up to `retries` times with
+        backoff and the server's Retry-After) can never create the job twice."""
+        headers = {"Idempotency-Key": idempotency_key or f"rlad-client-{uuid.uuid4().hex}"}
+        for attempt in range(retries + 1):
+            try:
+                return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+            except (ServiceUnavailable, ApiError) as exc:
+                transient = isinstance(exc, ServiceUnavailable) or exc.status in RETRY_STATUSES
+                if not transient or attempt == retries:
+                    raise
+                time.sleep(min(getattr(exc, "retry_after", None) or 0.5 * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
 
     def list_jobs(self, status: str | list[str] | None = None, method: str | list[str] | None = None,
                   limit: int = 50, after: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Redis too. The commands are the ones docker-compose.yml runs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,8 +60,12 @@ class LocalService:
         self.data_dir = Path(data_dir).resolve()
         self.host, self.port = host, port
         self.env = {**os.environ, "RLAD_DATA_DIR": str(self.data_dir), **(env or {})}
+        # jobs may read models by path only under the model roots: here, the directory `rlad up` runs in
+        # (the CLI sends absolute paths of the project's models); the result store in it stays closed
+        self.env.setdefault("RLAD_MODEL_ROOTS", json.dumps([str(Path.cwd())]))
         self.log_to_files = log_to_files
         self.procs: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, list[str]] = {}
         self.api_key = ""
 
     @property
@@ -91,6 +96,7 @@ class LocalService:
             out = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the process)
         # a stop signal between the fork and this bookkeeping would leave a process nobody stops: hold such
         # signals until the child is recorded (the child itself starts with them unblocked)
+        self.commands[name] = cmd
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out,
@@ -125,12 +131,25 @@ class LocalService:
                 raise TimeoutError(f"the API at {self.base_url} was not ready within {timeout_s:.0f} s")
             time.sleep(0.2)
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop everything. Workers shut down cold (SIGQUIT): a running job is interrupted and, its heartbeat
-        gone stale, re-queued by the reaper to resume from its last checkpoint when the service runs again."""
-        for name, p in self.procs.items():
+    def restart_exited(self) -> list[tuple[str, int]]:
+        """Start again each process that has exited (a crashed worker must not leave jobs waiting, nor stop the
+        API); returns the (name, exit code) of each one restarted."""
+        restarted = []
+        for name, p in list(self.procs.items()):
+            if p.poll() is not None:
+                restarted.append((name, p.returncode))
+                self._spawn(name, self.commands[name])
+        return restarted
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop everything with SIGTERM. A worker shuts down warm: a running job checkpoints and is released to
+        the queue, to resume from that checkpoint when a worker runs again. Whatever is still running after
+        `timeout_s` (default: the shutdown grace RLAD_SHUTDOWN_GRACE_S plus 30 s) is killed."""
+        if timeout_s is None:
+            timeout_s = float(self.env.get("RLAD_SHUTDOWN_GRACE_S", 120)) + 30
+        for p in self.procs.values():
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGQUIT if name.startswith("worker") else signal.SIGTERM)
+                os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for p in self.procs.values():
             try:

@@ -3,14 +3,22 @@ process write to one file."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.settings import get_settings
+
+log = logging.getLogger("rlad.db")
+T = TypeVar("T")
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -35,9 +43,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # no pre-ping: it is a round trip per checkout (a GET took 1.2 ms instead of 0.5); connections are recycled
-    # instead, and a request that meets a connection dropped by a database restart fails once with a 500
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300)
+    # pre-ping: a pooled connection dropped by a database restart is replaced at checkout instead of failing the
+    # request that meets it (a round trip per checkout; the job poll path answers from its cache without one)
+    # connect_timeout: a database host that does not answer fails a call in seconds instead of hanging it
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 @lru_cache
@@ -90,3 +101,38 @@ def reset_caches() -> None:
     _sessionmaker.cache_clear()
     _read_sessionmaker.cache_clear()
     gs.cache_clear()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is away (refused, restarting, connection dropped, pool exhausted), as opposed to a bad
+    query: the same call can succeed later."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_unavailable(fn: Callable[[], T], *, what: str, max_delay_s: float | None = None,
+                      give_up: Callable[[], bool] | None = None) -> T:
+    """`fn()`, called again with exponential backoff (0.5 s doubling to `max_delay_s`, default the setting
+    `db_retry_max_s`) for as long as the database is unavailable; any other error is raised at once. `give_up`
+    (checked between tries) ends the retries by raising the last error.
+
+    For workers: a job must outlive a database restart, so their database calls wait for it rather than fail."""
+    max_delay_s = max_delay_s if max_delay_s is not None else get_settings().db_retry_max_s
+    delay, failures = 0.5, 0
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_unavailable(exc) or (give_up is not None and give_up()):
+                raise
+            failures += 1
+            if failures == 1:
+                log.warning("%s: the database is unavailable (%s); retrying every <= %.0f s",
+                            what, type(exc).__name__, max_delay_s)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            continue
+        if failures:
+            log.info("%s: the database is back after %d failed tries", what, failures)
+        return result

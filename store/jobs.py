@@ -15,12 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlad_core.config import ConfigError, parse_config
-from store import states
-from store.errors import IdempotencyConflict, InvalidSpec, NotFound
-from store.models import Dataset, EventKind, Job, JobEvent, JobStatus, utcnow
+from store import refs, states
+from store import workers as worker_store
+from store.errors import IdempotencyConflict, InvalidSpec, NotFound, QuotaExceeded
+from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
+from store.settings import get_settings
 
 S = JobStatus
-DATASET_SCHEME = "dataset:"
+DATASET_SCHEME = refs.DATASET_SCHEME  # imported from here by the API
 # fields the service sets itself: a job's checkpoints belong in the result store
 SERVICE_FIELDS = {"output_dir": "the service writes checkpoints to its result store; fix: remove output_dir"}
 
@@ -37,7 +39,9 @@ def request_hash(body: dict[str, Any]) -> str:
 def resolve_spec(session: Session, *, team_id: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Validate a submitted spec with the core config and return it with every default filled in.
 
-    A jsonl task may name an uploaded dataset as `dataset:<id>`; it must belong to the team."""
+    Its models and dataset must be ones the team's job may read (`store.refs`: the team's own
+    `dataset:<id>` and `checkpoint:<job>[/<step>]`, a Hugging Face id, a path under the model roots); they
+    are kept as written, and the trainer process turns them into local paths."""
     errors = [(f, m) for f, m in SERVICE_FIELDS.items() if spec.get(f) is not None]
     try:
         config = parse_config({k: v for k, v in spec.items() if k not in SERVICE_FIELDS})
@@ -47,29 +51,49 @@ def resolve_spec(session: Session, *, team_id: str, spec: dict[str, Any]) -> dic
     if errors:
         raise InvalidSpec(errors)
     resolved = config.to_json_dict()
-    task = resolved["task"]
-    if task["name"] == "jsonl" and task["path"].startswith(DATASET_SCHEME):
-        ds_id = task["path"].removeprefix(DATASET_SCHEME)
-        ds = session.get(Dataset, ds_id)
-        if ds is None or ds.team_id != team_id:
-            raise InvalidSpec([("task.path", f"no uploaded dataset {ds_id!r}; fix: upload it with POST /v1/datasets "
-                                             "and use the id it returns, as dataset:<id>")])
+    refs.check_refs(session, team_id=team_id, spec=resolved, settings=get_settings())
     return resolved
 
 
+def check_devices(session: Session, *, device: str, queue: str, timeout_s: float) -> None:
+    """Refuse a CUDA device that no live worker of `queue` has, where the service can know: workers advertise
+    their device counts (`store.workers`); with none live, the trainer checks the device when it starts."""
+    if not device.startswith("cuda"):
+        return
+    counts = worker_store.queue_devices(session, queue=queue, timeout_s=timeout_s)
+    need = int(device.partition(":")[2] or 0) + 1
+    if counts and max(counts) < need:
+        most = max(counts)
+        fix = f"use cuda:0..cuda:{most - 1} or auto" if most else "use cpu or auto"
+        raise InvalidSpec([("device", f"{device!r}: the live workers of queue {queue!r} have at most {most} CUDA "
+                                      f"device{'s' * (most != 1)}; fix: {fix}")])
+
+
+def count_active_jobs(session: Session, *, team_id: str) -> int:
+    """The team's jobs that hold or wait for a worker: queued, starting, running, cancelling (the quota)."""
+    n = session.scalar(select(func.count()).select_from(Job).where(
+        Job.team_id == team_id, Job.status.in_({S.queued, *states.ACTIVE})))
+    return int(n or 0)
+
+
 def submit_job(session: Session, *, team_id: str, spec: dict[str, Any], idempotency_key: str | None = None,
-               queue: str = "gpu", max_attempts: int = 3) -> tuple[Job, bool]:
+               queue: str = "gpu", max_attempts: int = 3, max_active: int | None = None) -> tuple[Job, bool]:
     """Insert a queued job (and its `queued` event). Returns (job, created).
 
     With an idempotency key, the same key and body return the existing job (created=False); the same key
     with another body raises `IdempotencyConflict`. Concurrent submissions with one key create one job:
-    the unique constraint (team, key) decides, inside a savepoint."""
+    the unique constraint (team, key) decides, inside a savepoint. A team with `max_active` active jobs
+    (`count_active_jobs`) gets `QuotaExceeded` and nothing is stored (a repeated idempotent request still
+    returns its job)."""
     digest = request_hash(spec)
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, team_id, idempotency_key)
         if existing is not None:
             return _same_request(existing, idempotency_key, digest), False
+    if max_active is not None and count_active_jobs(session, team_id=team_id) >= max_active:
+        raise QuotaExceeded(max_active)
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
+    check_devices(session, device=resolved["device"], queue=queue, timeout_s=get_settings().heartbeat_timeout_s)
     job = Job(team_id=team_id, name=resolved.get("name"), method=resolved["method"], spec=spec,
               spec_resolved=resolved, status=S.queued, queue=queue, max_attempts=max_attempts,
               total_steps=resolved["steps"], idempotency_key=idempotency_key, request_hash=digest,
@@ -260,6 +284,30 @@ def finish_job(session: Session, *, job_id: str, attempt: int, outcome: JobStatu
     return job
 
 
+def lost_count(session: Session, *, job_id: str) -> int:
+    """How many attempts of the job were lost (its `lost` events): what `max_attempts` bounds."""
+    n = session.scalar(select(func.count()).select_from(JobEvent)
+                       .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.lost))
+    return int(n or 0)
+
+
+def release_job(session: Session, *, job_id: str, attempt: int, reason: str, step: int | None = None) -> Job | None:
+    """A worker that is stopping hands the job back: queued again at once (the next attempt resumes from the
+    last checkpoint), with a `released` event; not a loss, so it does not use up `max_attempts`. A job being
+    cancelled ends cancelled instead. None when this attempt no longer holds the job. The caller dispatches
+    the returned queued job."""
+    job = _locked(session, job_id)
+    if job.attempt != attempt or job.status not in states.ACTIVE:
+        return None
+    if job.status == S.cancelling:
+        states.transition(session, job, S.cancelled, reason=f"{reason} while cancelling")
+        return job
+    states.transition(session, job, S.queued, event=EventKind.released, reason=reason,
+                      step=job.last_step if step is None else step, next_attempt=job.attempt + 1)
+    job.worker, job.heartbeat_at, job.dispatched_at = None, None, utcnow()
+    return job
+
+
 def reap(session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: float = 600.0,
          now: datetime | None = None) -> list[Job]:
     """Active jobs with a stale heartbeat -> lost; lost jobs -> queued again (the next attempt resumes from
@@ -279,13 +327,15 @@ def reap(session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: fl
     session.flush()
     requeued = []
     for job in session.scalars(select(Job).where(Job.status == S.lost).with_for_update(skip_locked=True)):
-        if job.attempt < job.max_attempts:
+        # attempts that a stopping worker released (or that a database outage outlived) are not losses
+        losses = lost_count(session, job_id=job.id)
+        if losses < job.max_attempts:
             states.transition(session, job, S.queued, reason="retry after lost", next_attempt=job.attempt + 1)
             job.worker, job.dispatched_at = None, now
             requeued.append(job)
         else:
             job.error_code = "lost"
-            job.error_message = f"the job was lost {job.attempt} times (max_attempts={job.max_attempts})"
+            job.error_message = f"the job was lost {losses} times (max_attempts={job.max_attempts})"
             states.transition(session, job, S.failed, code=job.error_code, message=job.error_message)
     # a queued job whose message never arrived (broker down at submit, a broker restart) is sent again
     undelivered_before = now - timedelta(seconds=redispatch_after_s)

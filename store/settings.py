@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     # jobs
     default_queue: str = Field(default="gpu", description="Celery queue jobs are sent to")
-    max_attempts: int = Field(default=3, ge=1, description="a lost job is re-queued until it has run this many times")
+    max_attempts: int = Field(default=3, ge=1, description="a lost job is re-queued until it has been lost this many "
+                              "times (attempts a stopping worker released do not count)")
     heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often a worker writes a running job's heartbeat")
     heartbeat_timeout_s: float = Field(default=120.0, gt=0, description="a running job whose heartbeat is older is lost")
     reaper_interval_s: float = Field(default=30.0, gt=0, description="how often Celery beat runs the reaper")

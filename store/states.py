@@ -5,6 +5,7 @@ transition writes.
     queued -> cancelled                      (cancel before a worker claimed it)
     starting | running -> cancelling -> cancelled   (the trainer checkpoints and stops)
     starting | running | cancelling -> lost -> queued (resume)  |  failed (no attempts left)
+    starting | running -> queued             (released: a stopping worker checkpointed and handed it back)
 
 `transition` changes the status and adds the event in the caller's transaction, so a status and its
 event are never seen apart. It raises `InvalidTransition` for a move the table does not allow.
@@ -25,8 +26,8 @@ ACTIVE = frozenset({S.starting, S.running, S.cancelling})  # a worker holds the 
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.queued: frozenset({S.starting, S.cancelled}),
-    S.starting: frozenset({S.running, S.cancelling, S.succeeded, S.failed, S.lost}),
-    S.running: frozenset({S.cancelling, S.succeeded, S.failed, S.lost}),
+    S.starting: frozenset({S.running, S.cancelling, S.succeeded, S.failed, S.lost, S.queued}),
+    S.running: frozenset({S.cancelling, S.succeeded, S.failed, S.lost, S.queued}),
     S.cancelling: frozenset({S.cancelled, S.succeeded, S.failed, S.lost}),
     S.lost: frozenset({S.queued, S.failed, S.cancelled}),
     S.succeeded: frozenset(),

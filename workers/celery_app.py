@@ -3,12 +3,20 @@
 Celery only delivers job ids; the job row in the database is the truth. Early ack: a message is acknowledged
 when the task starts, so a worker that dies does not get the job redelivered by the broker. The reaper
 notices the stale heartbeat instead and re-queues the job with resume.
+
+One pool child serves every message: the trainer runs in a process of its own (`workers.supervisor`), so the
+child never holds CUDA or a model, and a message for a job that is no longer queued (cancelled, claimed)
+costs one query instead of a fresh child. Stopping the worker (SIGTERM, a warm shutdown) tells the child's
+supervisor, which checkpoints the job and releases it to the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -28,7 +36,6 @@ app.conf.update(
     task_acks_late=False,  # early ack (above)
     worker_prefetch_multiplier=1,
     worker_disable_prefetch=True,  # a busy worker takes no second job that another worker could run
-    worker_max_tasks_per_child=1,  # a fresh child per job: nothing (CUDA, memory) leaks into the next
     worker_concurrency=1,  # one job per GPU; run one worker per GPU
     task_ignore_result=True,
     task_default_queue="cpu",
@@ -50,7 +57,7 @@ _node: dict[str, Any] = {}
 @signals.celeryd_after_setup.connect
 def _remember_node(sender: str, instance: Any, **_: Any) -> None:
     _node.update(name=sender, queues=sorted(instance.app.amqp.queues.consume_from), pid=os.getpid(),
-                 stop=threading.Event())
+                 stop=threading.Event(), instance=instance, devices=0)
 
 
 @signals.worker_ready.connect
@@ -59,15 +66,43 @@ def _start_heartbeat(**_: Any) -> None:
         threading.Thread(target=_beat, name="rlad-worker-heartbeat", daemon=True).start()
 
 
+def cuda_devices() -> int:
+    """CUDA devices this node's jobs can use, asked of a separate interpreter: CUDA is never initialised in the
+    Celery process (its children are forked)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        return int(out.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        log.warning("could not count this node's CUDA devices; advertising none", exc_info=True)
+        return 0
+
+
 def _beat() -> None:
+    _node["devices"] = cuda_devices()
     while True:
         try:
             with session_scope() as s:
-                worker_store.worker_heartbeat(s, name=_node["name"], queues=_node["queues"], pid=_node["pid"])
+                worker_store.worker_heartbeat(s, name=_node["name"], queues=_node["queues"], pid=_node["pid"],
+                                              devices=_node["devices"])
         except Exception:  # the database is away for a moment: try again next beat
             log.warning("worker heartbeat failed", exc_info=True)
         if _node["stop"].wait(settings.heartbeat_interval_s):
             return
+
+
+@signals.worker_shutting_down.connect
+def _stop_jobs(**_: object) -> None:
+    """The worker is stopping: each pool child's supervisor gets SIGTERM, asks its trainer for a checkpoint and
+    releases the job to the queue; a warm shutdown waits for that (compose's stop_grace_period must cover
+    RLAD_SHUTDOWN_GRACE_S)."""
+    pool = _node["instance"].pool if "instance" in _node else None
+    info = pool.info if pool is not None else {}
+    for pid in info.get("processes", []) if isinstance(info, dict) else []:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 @signals.worker_shutdown.connect

@@ -11,16 +11,16 @@ import os
 import signal
 import sys
 import traceback
+from typing import Any
 
 from rlad_core.config import ConfigError, parse_config
 from rlad_core.models import TokenizerMismatch
 from rlad_core.tasks.jsonl import DatasetError
 from rlad_core.trainer import NonFiniteError, train
-from store import datasets as ds_store
 from store import jobs as job_store
-from store.db import session_scope
-from store.jobs import DATASET_SCHEME
-from store.models import JobStatus
+from store import refs
+from store.db import retry_unavailable, session_scope
+from store.models import Job, JobStatus
 from store.results import get_result_store
 from store.settings import get_settings
 from workers.reporter import JobReporter
@@ -44,39 +44,60 @@ def error_code(exc: BaseException) -> str:
 def run(job_id: str, attempt: int) -> int:
     settings = get_settings()
     store = get_result_store(settings.resolved_result_root)
-    with session_scope() as s:
-        job = job_store.get_job(s, team_id=None, job_id=job_id)
-        if job.attempt != attempt or job.status not in (S.starting, S.cancelling):
-            log.info("job %s: attempt %d does not hold the job (%s); exiting", job_id, attempt, job.status.value)
-            return 0
-        spec = dict(job.spec_resolved)
-        task = dict(spec["task"])
-        if task.get("name") == "jsonl" and task["path"].startswith(DATASET_SCHEME):
-            ds = ds_store.get_dataset(s, team_id=job.team_id, dataset_id=task["path"].removeprefix(DATASET_SCHEME))
-            task["path"] = str(store.dataset_path(ds.location)) if ds else task["path"]
-        spec["task"] = task
+
+    def load() -> tuple[Job, dict[str, Any]]:
+        with session_scope() as s:
+            job = job_store.get_job(s, team_id=None, job_id=job_id)
+            return job, dict(job.spec_resolved)
+
+    job, spec = retry_unavailable(load, what=f"job {job_id}: load")
+    if job.attempt != attempt or job.status not in (S.starting, S.cancelling):
+        log.info("job %s: attempt %d does not hold the job (%s); exiting", job_id, attempt, job.status.value)
+        return 0
+    team_id = job.team_id
     spec["output_dir"] = str(store.job_dir(job_id))
 
     reporter = JobReporter(job_id, attempt, spec["steps"], store, flush_s=settings.metrics_flush_s)
     signal.signal(signal.SIGTERM, reporter.request_stop)
     try:
+        with session_scope() as s:  # refs -> local paths (store.refs: checked again, HF ids offline)
+            spec = refs.localize_refs(s, team_id=team_id, spec=spec, store=store, settings=settings)
         config = parse_config(spec)
-        result = train(config, reporter=reporter, resume_from="auto")
+        result = train(config, reporter=reporter, resume_from="auto", disk_reserve_bytes=settings.disk_reserve_bytes,
+                       disk_poll_s=settings.disk_full_poll_s)  # a full result store pauses the job (disk_full)
     except BaseException as exc:
         reporter.close()
         code = error_code(exc)
         log.error("job %s: failed (%s): %s\n%s", job_id, code, exc, traceback.format_exc())
-        with session_scope() as s:
-            job_store.finish_job(s, job_id=job_id, attempt=attempt, outcome=S.failed, error_code=code,
-                                 error_message=f"{type(exc).__name__}: {exc}"[:4000])
+        _finish(job_id, attempt, S.failed, error_code=code, error_message=f"{type(exc).__name__}: {exc}"[:4000])
         return 1
     reporter.close()
+    if result.stopped and _status(job_id) != S.cancelling:
+        # stopped by a worker that is shutting down: the supervisor releases the job to the queue
+        log.info("job %s: stopped at step %d for a worker shutdown", job_id, result.step)
+        return 0
     outcome = S.cancelled if result.stopped else S.succeeded
-    with session_scope() as s:
-        job_store.finish_job(s, job_id=job_id, attempt=attempt, outcome=outcome, step=result.step,
-                             checkpoint_step=result.step if result.checkpoint else None)
+    _finish(job_id, attempt, outcome, step=result.step, checkpoint_step=result.step if result.checkpoint else None)
     log.info("job %s: %s at step %d", job_id, outcome.value, result.step)
     return 0
+
+
+def _status(job_id: str) -> S:
+    def read() -> S:
+        with session_scope() as s:
+            return job_store.status_of(s, job_id=job_id)
+
+    return retry_unavailable(read, what=f"job {job_id}: status")
+
+
+def _finish(job_id: str, attempt: int, outcome: S, **data: Any) -> None:
+    """Record how the attempt ended; a database that is away is waited for (the result must not be lost)."""
+
+    def finish() -> None:
+        with session_scope() as s:
+            job_store.finish_job(s, job_id=job_id, attempt=attempt, outcome=outcome, **data)
+
+    retry_unavailable(finish, what=f"job {job_id}: record {outcome.value}")
 
 
 def main() -> None:

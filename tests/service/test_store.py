@@ -120,3 +120,56 @@ def test_reaper_sends_a_long_queued_job_again(job_id: str) -> None:
     with session_scope() as s:  # once: its dispatch time moved on
         assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
     assert _status(job_id) == S.queued
+
+
+def test_a_released_attempt_is_requeued_at_once_and_does_not_count_as_lost(job_id: str) -> None:
+    """max_attempts=2: two releases (worker shutdowns) and then two losses; only the losses use it up."""
+    for attempt in (1, 2):
+        with session_scope() as s:
+            job_store.claim_job(s, job_id=job_id, worker="w")
+            job_store.mark_running(s, job_id=job_id, resumed_from_step=None)
+            job_store.record_progress(s, job_id=job_id, attempt=attempt, last_step=attempt * 3, seconds_per_step=1.0)
+        with session_scope() as s:
+            job = job_store.release_job(s, job_id=job_id, attempt=attempt, reason="worker stopping")
+            assert job is not None and job.status == S.queued and job.worker is None
+    with session_scope() as s:
+        assert job_store.release_job(s, job_id=job_id, attempt=2, reason="again") is None  # not held any more
+        released = s.query(JobEvent).filter_by(job_id=job_id, kind="released").all()
+        assert [e.data["step"] for e in released] == [3, 6]
+    for attempt in (3, 4):
+        with session_scope() as s:
+            job_store.claim_job(s, job_id=job_id, worker="w")
+            job_store.mark_running(s, job_id=job_id, resumed_from_step=None)
+        _age_heartbeat(job_id, 120)
+        with session_scope() as s:
+            requeued = [j.id for j in job_store.reap(s, heartbeat_timeout_s=60)]
+        assert requeued == ([job_id] if attempt == 3 else [])
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job.status == S.failed and job.error_message.startswith("the job was lost 2 times")
+
+
+def test_releasing_a_job_that_is_being_cancelled_ends_it_cancelled(job_id: str) -> None:
+    with session_scope() as s:
+        job_store.claim_job(s, job_id=job_id, worker="w")
+        job_store.request_cancel(s, team_id=s.get(Job, job_id).team_id, job_id=job_id)
+    with session_scope() as s:
+        assert job_store.release_job(s, job_id=job_id, attempt=1, reason="worker stopping").status == S.cancelled
+
+
+def test_a_cuda_device_no_live_worker_has_is_refused_at_submission(service_env) -> None:
+    from store.errors import InvalidSpec
+    from store.workers import worker_heartbeat
+
+    with session_scope() as s:
+        team = get_or_create_team(s, name="red")
+        # no live worker: the service cannot know; the trainer checks when it starts
+        job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:99"})
+        worker_heartbeat(s, name="gpu@a", queues=["gpu"], pid=1, devices=2)
+        worker_heartbeat(s, name="cpu@a", queues=["cpu"], pid=2, devices=8)  # another queue's devices do not count
+    with session_scope() as s:
+        job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:1"})
+        with pytest.raises(InvalidSpec) as exc:
+            job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:2"})
+    (field, message), = exc.value.errors
+    assert field == "device" and "at most 2 CUDA devices" in message and "cuda:0..cuda:1" in message

@@ -32,3 +32,13 @@ def test_every_service_of_the_design_is_there_with_its_dependencies() -> None:
     gpu = COMPOSE["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
     assert COMPOSE["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_workers_stop_warm_with_a_grace_longer_than_the_shutdown_grace() -> None:
+    """SIGTERM: the job checkpoints and is released (SIGQUIT would cut it off); compose must wait for that."""
+    from store.settings import Settings
+
+    grace = Settings().shutdown_grace_s
+    for name in ("worker-gpu", "worker-cpu"):
+        assert COMPOSE[name]["stop_signal"] == "SIGTERM"
+        assert float(COMPOSE[name]["stop_grace_period"].removesuffix("s")) >= grace + 10
