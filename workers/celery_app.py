@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from store import workers as worker_store
 from store.db import after_fork, session_scope
 from store.dispatch import broker_options
 from store.settings import get_settings
+from workers.supervisor import mark_worker_stopping  # its shared flag is made here, before the pool forks
 
 REAP = "rlad.reap"
 
@@ -93,16 +93,10 @@ def _beat() -> None:
 
 @signals.worker_shutting_down.connect
 def _stop_jobs(**_: object) -> None:
-    """The worker is stopping: each pool child's supervisor gets SIGTERM, asks its trainer for a checkpoint and
-    releases the job to the queue; a warm shutdown waits for that (compose's stop_grace_period must cover
-    RLAD_SHUTDOWN_GRACE_S)."""
-    pool = _node["instance"].pool if "instance" in _node else None
-    info = pool.info if pool is not None else {}
-    for pid in info.get("processes", []) if isinstance(info, dict) else []:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    """The worker is stopping: the pool child's supervisor sees it within RLAD_CANCEL_POLL_S, asks its trainer
+    for a checkpoint and releases the job to the queue; a warm shutdown waits for that (compose's
+    stop_grace_period must cover RLAD_SHUTDOWN_GRACE_S). A message the last poll still takes is sent back."""
+    mark_worker_stopping()
 
 
 @signals.worker_shutdown.connect

@@ -20,6 +20,7 @@ another worker resumes it from that checkpoint without waiting for the heartbeat
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -42,22 +43,37 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# "This worker is stopping", in memory shared by the Celery main process and its pool children (made before
+# they are forked): the main process sets it when its shutdown starts (workers.celery_app), a SIGTERM that
+# reaches a supervisor directly sets it too, and every supervisor of the node reads it.
+_WORKER_STOPPING = multiprocessing.RawValue("b", 0)
+
+
+def mark_worker_stopping() -> None:
+    _WORKER_STOPPING.value = 1
+
+
+def worker_stopping() -> bool:
+    return bool(_WORKER_STOPPING.value)
+
+
 class ShutdownRequest:
-    """SIGTERM in the supervising process means "the worker is stopping": noted, acted on by the loop."""
+    """While a job is supervised, SIGTERM to this process (a signal to the worker's whole process group) also
+    means "the worker is stopping"."""
 
     def __init__(self) -> None:
-        self.requested = False
         self._previous: Any = None
 
+    @property
+    def requested(self) -> bool:
+        return worker_stopping()
+
     def __enter__(self) -> ShutdownRequest:
-        self._previous = signal.signal(signal.SIGTERM, self._note)
+        self._previous = signal.signal(signal.SIGTERM, lambda *_: mark_worker_stopping())
         return self
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-
-    def _note(self, *_: Any) -> None:
-        self.requested = True
 
 
 def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:
@@ -69,6 +85,8 @@ def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:
             return job.attempt if job is not None else None
 
     with ShutdownRequest() as shutdown:  # from before the claim: a stop request never finds a job half-taken
+        if shutdown.requested:
+            return _hand_back(job_id)
         attempt = retry_unavailable(claim, what=f"job {job_id}: claim")
         if attempt is None:
             log.info("job %s: nothing to claim (cancelled, or claimed by another worker); message dropped", job_id)
@@ -156,6 +174,28 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _hand_back(job_id: str) -> None:
+    """A message that reached a worker already stopping (Celery's last poll can take one more): the job stays
+    queued and its id goes back to the broker for another worker."""
+
+    def queued_on() -> str | None:
+        with session_scope() as session:
+            job = job_store.get_job(session, team_id=None, job_id=job_id)
+            return job.queue if job.status == S.queued else None
+
+    queue = retry_unavailable(queued_on, what=f"job {job_id}: hand back")
+    if queue is not None:
+        _dispatch(job_id, queue)
+        log.info("job %s: the worker is stopping; its message was sent back to queue %s", job_id, queue)
+
+
+def _dispatch(job_id: str, queue: str) -> None:
+    try:
+        dispatch_job(job_id, queue)
+    except Exception:  # the reaper sends undelivered queued jobs again
+        log.exception("job %s: the broker could not take its id; the reaper will send it again", job_id)
+
+
 def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
     """The worker is stopping and the trainer has ended (checkpointed, or killed after the grace period): hand
     the job back to the queue unless the trainer recorded its end itself."""
@@ -170,10 +210,7 @@ def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
 
     status, queue = retry_unavailable(release, what=f"job {job_id}: release")
     if queue is not None:
-        try:
-            dispatch_job(job_id, queue)
-        except Exception:  # the reaper sends undelivered queued jobs again
-            log.exception("job %s: released, but the broker could not take its id; the reaper will resend it", job_id)
+        _dispatch(job_id, queue)
         log.info("job %s: attempt %d released to queue %s (the worker is stopping)", job_id, attempt, queue)
     else:
         log.info("job %s: attempt %d ended %s while the worker stopped", job_id, attempt, status.value if status else "-")

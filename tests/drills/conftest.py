@@ -155,3 +155,16 @@ def wait_for(http: httpx.Client, job_id: str, until: Callable[[dict], bool], tim
 
 def event_kinds(http: httpx.Client, job_id: str) -> list[str]:
     return [e["kind"] for e in http.get(f"/v1/jobs/{job_id}/events").json()["items"]]
+
+
+def processes_of(data_dir: Path) -> list[int]:
+    """Processes started for a data directory (LocalService passes it in RLAD_DATA_DIR): trainers included."""
+    mark = f"RLAD_DATA_DIR={data_dir}".encode()
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and mark in (p / "environ").read_bytes().split(b"\0"):
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found

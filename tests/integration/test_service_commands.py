@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from rlad.cli import app
 from rlad.service import free_port
+from tests.drills.conftest import processes_of
 
 pytestmark = pytest.mark.slow
 
@@ -39,32 +39,19 @@ def test_rlad_up_serves_until_sigterm_then_stops_everything(tmp_path) -> None:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
 
 
-def _processes_of(data_dir) -> list[int]:
-    """Processes started for a data directory (LocalService passes it in RLAD_DATA_DIR)."""
-    mark = f"RLAD_DATA_DIR={data_dir}".encode()
-    found = []
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and mark in (p / "environ").read_bytes().split(b"\0"):
-                found.append(int(p.name))
-        except OSError:
-            continue
-    return found
-
-
 def test_sigterm_while_starting_stops_everything_it_started(tmp_path) -> None:
     data = tmp_path / "d"
     proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(data), "--port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     # wait until `rlad up` has spawned its first process (the API is not ready yet)
-    while not [p for p in _processes_of(data.resolve()) if p != proc.pid]:
+    while not [p for p in processes_of(data.resolve()) if p != proc.pid]:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopping" in out, out
-    assert _processes_of(data.resolve()) == []
+    assert processes_of(data.resolve()) == []
 
 
 def test_demo_runs_an_rlad_job_through_the_service_and_loads_the_checkpoint(tmp_path, monkeypatch) -> None:
