@@ -61,7 +61,7 @@ def main() -> None:
             ids = []
             for i in range(args.jobs):
                 job, _ = job_store.submit_job(s, team_id=team.id, spec={
-                    "name": f"run-{i}", "student": "/m/s", "teacher": "/m/t", "steps": args.steps,
+                    "name": f"run-{i}", "student": "bench/student", "teacher": "bench/teacher", "steps": args.steps,
                     "batch_size": 8, "group_size": 4})
                 job.status, job.last_step = JobStatus.succeeded, args.steps
                 ids.append(job.id)

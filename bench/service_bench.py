@@ -171,7 +171,7 @@ def main() -> None:
         from store.teams import create_api_key, get_or_create_team
 
         upgrade(url)
-        spec = {"student": "/models/s", "teacher": "/models/t", "steps": args.points // args.keys, "batch_size": 8,
+        spec = {"student": "bench/student", "teacher": "bench/teacher", "steps": args.points // args.keys, "batch_size": 8,
                 "group_size": 4}
         with session_scope() as s:
             key = create_api_key(s, team_name="bench")
