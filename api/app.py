@@ -20,13 +20,21 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="RLAD platform",
         version="1",
-        summary="Submit RL-aware distillation jobs (RLAD/TRRD, GRPO, KDRL, OPD, SFT), follow them, download checkpoints.",
+        summary="Submit RL-aware distillation jobs (RLAD/TRRD, GRPO, KDRL, OPD, SFT), follow them, "
+        "download checkpoints.",
         description="Every /v1 route needs `Authorization: Bearer <key>` and sees only the key's team. Errors are "
-                    "`{\"error\": {\"code\", \"message\", \"fields\": [{\"field\", \"message\"}]}}`.",
+        '`{"error": {"code", "message", "fields": [{"field", "message"}]}}`.',
     )
     errors.install(app)
-    for r in (jobs.router, metrics.router, checkpoints.router, datasets.router, queue.router, health.router,
-              dashboard.router):
+    for r in (
+        jobs.router,
+        metrics.router,
+        checkpoints.router,
+        datasets.router,
+        queue.router,
+        health.router,
+        dashboard.router,
+    ):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
 
@@ -43,10 +51,14 @@ def create_app() -> FastAPI:
                     for op in ops.values():
                         op["security"] = [{"bearer": []}]
                         # any /v1 call needs the database (the key lookup at least)
-                        op["responses"].setdefault("503", {
-                            "description": "the database is unavailable; retry after `Retry-After` seconds",
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+                        op["responses"].setdefault(
+                            "503",
+                            {
+                                "description": "the database is unavailable; retry after `Retry-After` seconds",
+                                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                            },
+                        )
             app.openapi_schema = schema
         return app.openapi_schema
 

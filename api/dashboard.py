@@ -87,18 +87,27 @@ def login_form(request: Request, next: str | None = None) -> HTMLResponse:
 
 
 @router.post("/ui/login", response_model=None)
-async def login(request: Request, settings: SettingsDep, key: Annotated[str, Form()] = "",
-                next: Annotated[str, Form()] = "/ui/jobs") -> Response:
+async def login(
+    request: Request, settings: SettingsDep, key: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/ui/jobs"
+) -> Response:
     key = key.strip()
     caller = await caller_for_key(key) if key else None
     if caller is None:
         error = "Enter your team's API key." if not key else "That key is unknown or revoked."
-        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": error},
-                                          status_code=401)
+        return templates.TemplateResponse(
+            request, "login.html", {"next": _safe_next(next), "error": error}, status_code=401
+        )
     token = await run_in_threadpool(_start_session, caller.team_id, settings.ui_session_ttl_s)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(settings.ui_session_ttl_s), httponly=True,
-                        secure=settings.cookie_secure, samesite="strict", path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(settings.ui_session_ttl_s),
+        httponly=True,
+        secure=settings.cookie_secure,
+        samesite="strict",
+        path="/",
+    )
     return response
 
 
@@ -116,8 +125,9 @@ def logout(request: Request) -> RedirectResponse:
 def jobs_page(request: Request, caller: PageCaller) -> Response:
     if caller is None:
         return _to_login(request)
-    return _page(request, "jobs.html", caller, page="jobs", statuses=[s.value for s in JobStatus],
-                 methods=list(METHODS))
+    return _page(
+        request, "jobs.html", caller, page="jobs", statuses=[s.value for s in JobStatus], methods=list(METHODS)
+    )
 
 
 @router.get("/ui/jobs/{job_id}", response_model=None)
@@ -134,8 +144,9 @@ def job_page(request: Request, job_id: str, session: ReadSessionDep, caller: Pag
 
 
 @router.get("/ui/compare", response_model=None)
-def compare_page(request: Request, session: ReadSessionDep, caller: PageCaller,
-                 job: Annotated[list[str] | None, Query()] = None) -> Response:
+def compare_page(
+    request: Request, session: ReadSessionDep, caller: PageCaller, job: Annotated[list[str] | None, Query()] = None
+) -> Response:
     if caller is None:
         return _to_login(request)
     ids = list(dict.fromkeys(job or []))[:MAX_COMPARE]
@@ -155,4 +166,3 @@ def queue_page(request: Request, caller: PageCaller) -> Response:
     if caller is None:
         return _to_login(request)
     return _page(request, "queue.html", caller, page="queue")
-

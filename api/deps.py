@@ -114,11 +114,14 @@ async def authenticate(request: Request) -> Caller:
         return caller
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        raise _unauthorized("missing API key; fix: send 'Authorization: Bearer <key>' "
-                            "(mint one with `rlad keys create --team NAME`)")
+        raise _unauthorized(
+            "missing API key; fix: send 'Authorization: Bearer <key>' (mint one with `rlad keys create --team NAME`)"
+        )
     if request.method not in _SAFE and not request.headers.get(CSRF_HEADER):
-        raise _unauthorized(f"a signed-in browser's writes need the {CSRF_HEADER} header; "
-                            "fix: send it (the dashboard does), or use 'Authorization: Bearer <key>'")
+        raise _unauthorized(
+            f"a signed-in browser's writes need the {CSRF_HEADER} header; "
+            "fix: send it (the dashboard does), or use 'Authorization: Bearer <key>'"
+        )
     caller = await caller_for_session(token)
     if caller is None:
         raise _unauthorized("the dashboard sign-in has ended (signed out or expired); fix: sign in again")

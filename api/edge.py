@@ -26,8 +26,11 @@ UPLOAD_PATH = "/v1/datasets"
 
 
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"the request body is larger than {limit} bytes; fix: send a smaller body (dataset "
-                              "uploads: split the dataset, or raise RLAD_MAX_UPLOAD_BYTES on the server)")
+    return HTTPException(
+        413,
+        f"the request body is larger than {limit} bytes; fix: send a smaller body (dataset "
+        "uploads: split the dataset, or raise RLAD_MAX_UPLOAD_BYTES on the server)",
+    )
 
 
 class EdgeGuard:
@@ -62,8 +65,9 @@ class EdgeGuard:
 
     @staticmethod
     async def _answer(scope: Scope, receive: Receive, send: Send, exc: HTTPException) -> None:
-        response: Response = error_response(exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail),
-                                            headers=exc.headers)
+        response: Response = error_response(
+            exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc.detail), headers=exc.headers
+        )
         await response(scope, receive, send)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,27 +26,52 @@ from store.errors import (
 
 log = logging.getLogger("rlad.api")
 
-STATUS = {NotFound: 404, InvalidTransition: 409, IdempotencyConflict: 409, InvalidSpec: 422, InvalidDataset: 422,
-          TooLarge: 413, QuotaExceeded: 429}
-RETRY_AFTER_S = {QuotaExceeded: 30}  # a Retry-After header on these (seconds)
+STATUS: dict[type[StoreError], int] = {
+    NotFound: 404,
+    InvalidTransition: 409,
+    IdempotencyConflict: 409,
+    InvalidSpec: 422,
+    InvalidDataset: 422,
+    TooLarge: 413,
+    QuotaExceeded: 429,
+}
+RETRY_AFTER_S: dict[type[StoreError], int] = {QuotaExceeded: 30}  # a Retry-After header on these (seconds)
 DB_RETRY_AFTER_S = 5
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-              415: "unsupported_media_type", 429: "too_many_requests", 503: "unavailable"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
 
 
-def error_response(status: int, code: str, message: str, fields: list[tuple[str, str]] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message,
-                      "fields": [{"field": f, "message": m} for f, m in (fields or [])]}}
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    fields: list[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {
+        "error": {"code": code, "message": message, "fields": [{"field": f, "message": m} for f, m in (fields or [])]}
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def database_unavailable_response() -> JSONResponse:
-    return error_response(503, "database_unavailable", "the database is unavailable; retry after the Retry-After "
-                          "seconds", headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry after the Retry-After seconds",
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
 
 
-def _loc(loc: tuple) -> str:
+def _loc(loc: tuple[str | int, ...]) -> str:
     # ("body", "task", "levels", 0) -> "task.levels.0"; ("query", "limit") -> "limit" (query)
     where, *rest = loc
     path = ".".join(str(p) for p in rest) or str(where)
@@ -61,8 +87,13 @@ def install(app: FastAPI) -> None:
         elif isinstance(exc, InvalidDataset) and exc.line is not None:
             fields = [(f"line {exc.line}", str(exc))]
         retry = RETRY_AFTER_S.get(type(exc))
-        return error_response(STATUS.get(type(exc), 400), exc.code, str(exc), fields,
-                              headers={"Retry-After": str(retry)} if retry else None)
+        return error_response(
+            STATUS.get(type(exc), 400),
+            exc.code,
+            str(exc),
+            fields,
+            headers={"Retry-After": str(retry)} if retry else None,
+        )
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
@@ -81,8 +112,11 @@ def install(app: FastAPI) -> None:
         if bad_json is not None:
             where = bad_json["loc"][-1]
             reason = (bad_json.get("ctx") or {}).get("error", bad_json["msg"])
-            return error_response(400, "bad_request", f"the body is not valid JSON: {reason} at character {where}; "
-                                  "fix: send a JSON object")
+            return error_response(
+                400,
+                "bad_request",
+                f"the body is not valid JSON: {reason} at character {where}; fix: send a JSON object",
+            )
         fields = [(_loc(tuple(e["loc"])), e["msg"]) for e in errors]
         msg = "invalid request: " + "; ".join(f"{f}: {m}" for f, m in fields)
         return error_response(422, "invalid_request", msg, fields)

@@ -25,8 +25,16 @@ class JobPollFastPath:
             if m is not None:
                 body = self._cached(scope, m.group(1))
                 if body is not None:
-                    await send({"type": "http.response.start", "status": 200, "headers": [
-                        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-length", str(len(body)).encode()),
+                                (b"content-type", b"application/json"),
+                            ],
+                        }
+                    )
                     await send({"type": "http.response.body", "body": body})
                     return
         await self.app(scope, receive, send)

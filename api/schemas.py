@@ -80,8 +80,10 @@ class MetricsPublic(BaseModel):
     keys: list[str] = Field(description="every metric key the job has")
     series: list[MetricSeries]
     downsampled: bool
-    bucket: int = Field(description="steps per bucket (aligned to multiples of it), each shown by its first "
-                                    "point; 1: every point of the range")
+    bucket: int = Field(
+        description="steps per bucket (aligned to multiples of it), each shown by its first "
+        "point; 1: every point of the range"
+    )
 
 
 class LatestPoint(BaseModel):

@@ -71,15 +71,25 @@ def main() -> None:
     prompt_ids = encode_prompts(tok, texts)
     enc = tok(texts, return_tensors="pt", padding=True)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0)
-    gen_kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
-                      use_cache=True, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    gen_kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=NEW_TOKENS,
+        use_cache=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=eos,
+    )
 
     def plain_generate() -> int:
         with torch.inference_mode():
             return model.generate(**enc, **gen_kwargs).shape[1] - enc["input_ids"].shape[1]
 
-    engines = {"hf": HFEngine(model, eos_token_id=eos, pad_token_id=tok.pad_token_id),
-               "fast": FastEngine(model, eos_token_id=eos, pad_token_id=tok.pad_token_id)}
+    engines = {
+        "hf": HFEngine(model, eos_token_id=eos, pad_token_id=tok.pad_token_id),
+        "fast": FastEngine(model, eos_token_id=eos, pad_token_id=tok.pad_token_id),
+    }
     variants: dict[str, Callable[[], int]] = {"generate": plain_generate}
     for name, engine in engines.items():
         variants[name] = lambda engine=engine: engine.generate(prompt_ids, params).num_completion_tokens
@@ -89,7 +99,7 @@ def main() -> None:
     times: dict[str, list[float]] = {n: [] for n in names}
     new_tokens: set[int] = set()
     for rnd in range(args.warmup + args.reps):
-        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             t0 = time.perf_counter()
             new_tokens.add(variants[name]())
             if rnd >= args.warmup:
@@ -99,22 +109,44 @@ def main() -> None:
         raise SystemExit(f"variants generated {sorted(new_tokens)} new tokens, not {NEW_TOKENS}: rerun with --no-eos")
 
     base = statistics.median(times["generate"])
-    results = {n: {"median_s": statistics.median(x), "min_s": min(x), "max_s": max(x),
-                   "speedup_vs_generate": base / statistics.median(x), "all_s": [round(v, 5) for v in x]}
-               for n, x in times.items()}
-    print(f"{P} prompts x {G} rollouts x {NEW_TOKENS} new tokens, fp32, {args.threads} threads, "
-          f"{args.reps} reps after {args.warmup} warm-ups; load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    results = {
+        n: {
+            "median_s": statistics.median(x),
+            "min_s": min(x),
+            "max_s": max(x),
+            "speedup_vs_generate": base / statistics.median(x),
+            "all_s": [round(v, 5) for v in x],
+        }
+        for n, x in times.items()
+    }
+    print(
+        f"{P} prompts x {G} rollouts x {NEW_TOKENS} new tokens, fp32, {args.threads} threads, "
+        f"{args.reps} reps after {args.warmup} warm-ups; load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+    )
     print(f"{'variant':<14}{'median s':>10}{'min s':>9}{'max s':>9}{'vs generate':>13}")
     for n, r in results.items():
         print(f"{n:<14}{r['median_s']:>10.3f}{r['min_s']:>9.3f}{r['max_s']:>9.3f}{r['speedup_vs_generate']:>12.2f}x")
     if args.json:
         out = {
-            "config": {"prompts": P, "group_size": G, "new_tokens": NEW_TOKENS, "dtype": "float32",
-                       "threads": args.threads, "reps": args.reps, "warmup": args.warmup, "no_eos": args.no_eos,
-                       "student_params": count_parameters(model)},
-            "env": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                    "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+            "config": {
+                "prompts": P,
+                "group_size": G,
+                "new_tokens": NEW_TOKENS,
+                "dtype": "float32",
+                "threads": args.threads,
+                "reps": args.reps,
+                "warmup": args.warmup,
+                "no_eos": args.no_eos,
+                "student_params": count_parameters(model),
+            },
+            "env": {
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+            },
             "results": results,
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -57,8 +57,9 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 
 def start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
-    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     wait_http(url)
     return p
 
@@ -71,7 +72,9 @@ def stop(p: subprocess.Popen) -> None:
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of a process and its children (uvicorn's workers), in KB."""
     total = 0
-    pids = [pid] + [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    pids = [pid] + [
+        int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
     for p in pids:
         try:
             status = Path(f"/proc/{p}/status").read_text()
@@ -171,8 +174,13 @@ def main() -> None:
         from store.teams import create_api_key, get_or_create_team
 
         upgrade(url)
-        spec = {"student": "bench/student", "teacher": "bench/teacher", "steps": args.points // args.keys, "batch_size": 8,
-                "group_size": 4}
+        spec = {
+            "student": "bench/student",
+            "teacher": "bench/teacher",
+            "steps": args.points // args.keys,
+            "batch_size": 8,
+            "group_size": 4,
+        }
         with session_scope() as s:
             key = create_api_key(s, team_name="bench")
             team = get_or_create_team(s, name="bench")
@@ -183,10 +191,12 @@ def main() -> None:
         steps = args.points // args.keys
         t = time.perf_counter()
         with session_scope() as s:  # one INSERT ... SELECT: the data, not the write path, is what is measured here
-            s.execute(text("""INSERT INTO metrics (job_id, key, step, value, time)
+            s.execute(
+                text("""INSERT INTO metrics (job_id, key, step, value, time)
                               SELECT :job, 'metric_' || k, st, st * 0.001, extract(epoch from now())
                               FROM generate_series(1, :steps) st, generate_series(0, :keys - 1) k"""),
-                      {"job": job_id, "steps": steps, "keys": args.keys})
+                {"job": job_id, "steps": steps, "keys": args.keys},
+            )
             metric_store.rebuild_rollups(s, job_id=job_id)  # what write_metrics keeps as it goes
         with session_scope() as s:
             s.get(job_store.Job, job_id).last_step = steps
@@ -208,12 +218,22 @@ def main() -> None:
             while b := f.read(1 << 24):
                 digest.update(b)
         (ck / "config.json").write_text("{}")
-        files = {"model.safetensors": {"sha256": digest.hexdigest(), "bytes": big.stat().st_size},
-                 "config.json": {"sha256": hashlib.sha256(b"{}").hexdigest(), "bytes": 2}}
+        files = {
+            "model.safetensors": {"sha256": digest.hexdigest(), "bytes": big.stat().st_size},
+            "config.json": {"sha256": hashlib.sha256(b"{}").hexdigest(), "bytes": 2},
+        }
         (ck / "manifest.json").write_text(json.dumps({"step": 1, "files": files}))
         with session_scope() as s:
-            ckpt_store.record_checkpoint(s, job_id=job_id, step=1, kind="final", location=store.checkpoint_location(job_id, 1),
-                                         bytes=big.stat().st_size, sha256="-", metrics={})
+            ckpt_store.record_checkpoint(
+                s,
+                job_id=job_id,
+                step=1,
+                kind="final",
+                location=store.checkpoint_location(job_id, 1),
+                bytes=big.stat().st_size,
+                sha256="-",
+                metrics={},
+            )
 
         # --- servers --------------------------------------------------------------------------------------------
         api_port = free_port()
@@ -227,7 +247,9 @@ def main() -> None:
         bare_cmd = api_command("127.0.0.1", bare_port, args.workers)
         bare_cmd[bare_cmd.index("api.app:create_app")] = "bench.bare_app:app"
         bare_cmd.remove("--factory")
-        bare = start(bare_cmd, {**env, "RLAD_BENCH_BODY": str(work / "body.json")}, f"http://127.0.0.1:{bare_port}/v1/jobs/x")
+        bare = start(
+            bare_cmd, {**env, "RLAD_BENCH_BODY": str(work / "body.json")}, f"http://127.0.0.1:{bare_port}/v1/jobs/x"
+        )
         procs.append(bare)
 
         # --- 1. GET /v1/jobs/{id} ----------------------------------------------------------------------------
@@ -235,22 +257,35 @@ def main() -> None:
         wrk(f"http://127.0.0.1:{bare_port}/v1/jobs/{job_id}", None, 2, args.connections)
         rounds = []
         for _ in range(2):  # alternate, so that drift of the machine hits both alike
-            rounds.append((wrk(f"{base}/v1/jobs/{job_id}", key, args.seconds, args.connections),
-                           wrk(f"http://127.0.0.1:{bare_port}/v1/jobs/{job_id}", None, args.seconds, args.connections)))
+            rounds.append(
+                (
+                    wrk(f"{base}/v1/jobs/{job_id}", key, args.seconds, args.connections),
+                    wrk(f"http://127.0.0.1:{bare_port}/v1/jobs/{job_id}", None, args.seconds, args.connections),
+                )
+            )
         api_best = max((r[0] for r in rounds), key=lambda r: r["rps"])
         bare_best = max((r[1] for r in rounds), key=lambda r: r["rps"])
-        results["get_job"] = {"api": api_best, "bare": bare_best, "ratio": api_best["rps"] / bare_best["rps"],
-                              "body_bytes": len(body), "rounds": rounds}
+        results["get_job"] = {
+            "api": api_best,
+            "bare": bare_best,
+            "ratio": api_best["rps"] / bare_best["rps"],
+            "body_bytes": len(body),
+            "rounds": rounds,
+        }
         stop(bare)
         procs.remove(bare)
         # the same route with the per-process job cache off: one PostgreSQL query per request
         nocache_port = free_port()
-        nocache = start(api_command("127.0.0.1", nocache_port, args.workers), {**env, "RLAD_JOB_CACHE_TTL_S": "0"},
-                        f"http://127.0.0.1:{nocache_port}/healthz")
+        nocache = start(
+            api_command("127.0.0.1", nocache_port, args.workers),
+            {**env, "RLAD_JOB_CACHE_TTL_S": "0"},
+            f"http://127.0.0.1:{nocache_port}/healthz",
+        )
         procs.append(nocache)
         wrk(f"http://127.0.0.1:{nocache_port}/v1/jobs/{job_id}", key, 2, args.connections)
-        results["get_job"]["api_cache_off"] = wrk(f"http://127.0.0.1:{nocache_port}/v1/jobs/{job_id}", key,
-                                                  args.seconds, args.connections)
+        results["get_job"]["api_cache_off"] = wrk(
+            f"http://127.0.0.1:{nocache_port}/v1/jobs/{job_id}", key, args.seconds, args.connections
+        )
         stop(nocache)
         procs.remove(nocache)
 
@@ -261,15 +296,25 @@ def main() -> None:
         file_mb_s = download_mb_s(f"{base}/v1/jobs/{job_id}/checkpoints/1/files/model.safetensors", auth, size, 3)
         rss_after = tree_rss_kb(api.pid)
         http_port = free_port()
-        srv = subprocess.Popen([sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"], cwd=ck,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        srv = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+            cwd=ck,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         procs.append(srv)
         wait_http(f"http://127.0.0.1:{http_port}/config.json")
         base_mb_s = download_mb_s(f"http://127.0.0.1:{http_port}/model.safetensors", {}, size, 3)
-        results["download"] = {"bytes": size, "tar_stream_mb_s": tar_mb_s, "single_file_mb_s": file_mb_s,
-                               "http_server_mb_s": base_mb_s, "tar_ratio": tar_mb_s / base_mb_s,
-                               "file_ratio": file_mb_s / base_mb_s,
-                               "api_rss_growth_mb": (rss_after - rss_before) / 1024}
+        results["download"] = {
+            "bytes": size,
+            "tar_stream_mb_s": tar_mb_s,
+            "single_file_mb_s": file_mb_s,
+            "http_server_mb_s": base_mb_s,
+            "tar_ratio": tar_mb_s / base_mb_s,
+            "file_ratio": file_mb_s / base_mb_s,
+            "api_rss_growth_mb": (rss_after - rss_before) / 1024,
+        }
 
         # --- 3. metrics read -----------------------------------------------------------------------------------
         with httpx.Client(base_url=base, headers=auth, timeout=60) as c:
@@ -284,10 +329,15 @@ def main() -> None:
                     assert len(series) == args.keys and all(len(s["steps"]) <= 1000 for s in series)
             lat = lat[3:]
             lat.sort()
-            results["metrics_read"] = {"points": args.points, "keys": args.keys, "max_points": 1000,
-                                       "points_per_key_returned": len(series[0]["steps"]),
-                                       "bucket_steps": r.json()["bucket"],
-                                       "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))]}
+            results["metrics_read"] = {
+                "points": args.points,
+                "keys": args.keys,
+                "max_points": 1000,
+                "points_per_key_returned": len(series[0]["steps"]),
+                "bucket_steps": r.json()["bucket"],
+                "p50_ms": statistics.median(lat),
+                "p99_ms": lat[int(0.99 * (len(lat) - 1))],
+            }
     finally:
         for p in procs:
             try:

@@ -11,7 +11,8 @@ Measured (median over steps 3..N of each run; grpo and rlad runs alternate for -
   TRL          shared/bench/trl_grpo_baseline.py in a separate environment with `trl` (optional, --trl-python)
 
 Usage:
-  python bench/step_bench.py [--steps 12] [--rounds 3] [--json docs/step_bench.json] [--trl-python /path/to/trl-venv/bin/python
+  python bench/step_bench.py [--steps 12] [--rounds 3] [--json docs/step_bench.json]
+                             [--trl-python /path/to/trl-venv/bin/python
                               --trl-script ../shared/bench/trl_grpo_baseline.py]
 """
 
@@ -62,9 +63,16 @@ def measure_floor(student_dir: Path, teacher_dir: Path, reps: int) -> dict[str, 
     def gen() -> None:
         student.eval()
         with torch.inference_mode():
-            out["seq"] = student.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                          max_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id,
-                                          eos_token_id=tok.eos_token_id)
+            out["seq"] = student.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=NEW_TOKENS,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
 
     generate_s = median_time(gen, reps)
     seq = out["seq"].clone()  # made under inference_mode; autograd needs a normal tensor
@@ -89,17 +97,37 @@ def measure_floor(student_dir: Path, teacher_dir: Path, reps: int) -> dict[str, 
     optim_s = median_time(opt.step, reps)
     teacher_s = median_time(teacher_fwd, reps)
     floor_grpo = generate_s + fwd_bwd_s + optim_s
-    return {"generate_s": generate_s, "fwd_bwd_s": fwd_bwd_s, "adamw_s": optim_s, "teacher_forward_s": teacher_s,
-            "floor_grpo_s": floor_grpo, "floor_rlad_s": floor_grpo + teacher_s, "new_tokens": T}
+    return {
+        "generate_s": generate_s,
+        "fwd_bwd_s": fwd_bwd_s,
+        "adamw_s": optim_s,
+        "teacher_forward_s": teacher_s,
+        "floor_grpo_s": floor_grpo,
+        "floor_rlad_s": floor_grpo + teacher_s,
+        "new_tokens": T,
+    }
 
 
-def run_ours(method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str) -> list[dict[str, float]]:
+def run_ours(
+    method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str
+) -> list[dict[str, float]]:
     """Per-step metrics of steps 3..N of one training run."""
     config = TrainConfig(
-        method=method, student=str(student_dir), teacher=str(teacher_dir) if method != "grpo" else None,
-        task={"name": "arithmetic", "levels": [2]}, steps=steps, batch_size=P * G, group_size=G,
-        max_new_tokens=NEW_TOKENS, lr=1e-5, eval_every=0, checkpoint_every=0, log_samples=0,
-        engine=engine, seed=0, output_dir=str(out_dir / f"{method}-{engine}"),
+        method=method,
+        student=str(student_dir),
+        teacher=str(teacher_dir) if method != "grpo" else None,
+        task={"name": "arithmetic", "levels": [2]},
+        steps=steps,
+        batch_size=P * G,
+        group_size=G,
+        max_new_tokens=NEW_TOKENS,
+        lr=1e-5,
+        eval_every=0,
+        checkpoint_every=0,
+        log_samples=0,
+        engine=engine,
+        seed=0,
+        output_dir=str(out_dir / f"{method}-{engine}"),
     )
     rep = MemoryReporter()
     train(config, reporter=rep)
@@ -107,7 +135,9 @@ def run_ours(method: str, student_dir: Path, teacher_dir: Path, steps: int, out_
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    med = {k: statistics.median(r[k] for r in rows) for k in ("time/generate", "time/score", "time/update", "time/step")}
+    med = {
+        k: statistics.median(r[k] for r in rows) for k in ("time/generate", "time/score", "time/update", "time/step")
+    }
     med["response_length_mean"] = statistics.median(r["response_length_mean"] for r in rows)
     med["steps_measured"] = len(rows)
     return med
@@ -115,15 +145,28 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def measure_trl(python: str, script: str, model_dir: Path, out_dir: Path) -> dict[str, float] | None:
     res_path = out_dir / "trl.json"
-    cmd = [python, script, "--model-dir", str(model_dir), "--out-dir", str(out_dir / "trl"), "--json", str(res_path),
-           "--gradient-checkpointing", "off"]
+    cmd = [
+        python,
+        script,
+        "--model-dir",
+        str(model_dir),
+        "--out-dir",
+        str(out_dir / "trl"),
+        "--json",
+        str(res_path),
+        "--gradient-checkpointing",
+        "off",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
         return None
     res = json.loads(res_path.read_text())
-    return {"step_s": res["step_s_median_3_12"], "generate_s": res["breakdown_median_3_12"].get("generate_s"),
-            "trl": res["trl"]}
+    return {
+        "step_s": res["step_s_median_3_12"],
+        "generate_s": res["breakdown_median_3_12"].get("generate_s"),
+        "trl": res["trl"],
+    }
 
 
 def main() -> None:
@@ -142,8 +185,13 @@ def main() -> None:
     student_dir = save_tiny_model(work / "student", "small", seed=0)
     teacher_dir = save_tiny_model(work / "teacher", "small-4x", seed=1)
 
-    res: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "python": platform.python_version(), "engine": a.engine, "steps": a.steps}
+    res: dict[str, object] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "engine": a.engine,
+        "steps": a.steps,
+    }
     res["floor"] = measure_floor(student_dir, teacher_dir, a.reps)
     # grpo and rlad alternate over several rounds, so that drift of this noisy machine hits both alike
     rows: dict[str, list[dict[str, float]]] = {"grpo": [], "rlad": []}

@@ -34,9 +34,12 @@ def run(mb: int, authorization: str | None = None) -> dict:
             pid = svc.procs["api"].pid
             rss_before = _rss_kb(pid, "VmRSS")
             total = mb * 1024 * 1024
-            head = (f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {total}\r\n" + (f"Authorization: {authorization}\r\n" if authorization else "")
-                    + "\r\n").encode()
+            head = (
+                f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {total}\r\n"
+                + (f"Authorization: {authorization}\r\n" if authorization else "")
+                + "\r\n"
+            ).encode()
             chunk = b" " * (1 << 20)
             sent, t0 = 0, time.monotonic()
             with socket.create_connection(("127.0.0.1", svc.port), timeout=60) as sock:
@@ -49,9 +52,14 @@ def run(mb: int, authorization: str | None = None) -> dict:
                     pass  # the server answered and closed: it did not want the rest
                 sock.settimeout(60)
                 answer = sock.recv(65536).decode(errors="replace")
-            return {"body_mb": mb, "status_line": answer.splitlines()[0] if answer else "",
-                    "sent_mb": round(sent / 1024 / 1024, 1), "seconds": round(time.monotonic() - t0, 2),
-                    "rss_before_mb": round(rss_before / 1024, 1), "rss_peak_mb": round(_rss_kb(pid, "VmHWM") / 1024, 1)}
+            return {
+                "body_mb": mb,
+                "status_line": answer.splitlines()[0] if answer else "",
+                "sent_mb": round(sent / 1024 / 1024, 1),
+                "seconds": round(time.monotonic() - t0, 2),
+                "rss_before_mb": round(rss_before / 1024, 1),
+                "rss_peak_mb": round(_rss_kb(pid, "VmHWM") / 1024, 1),
+            }
         finally:
             svc.stop()
 

@@ -30,9 +30,14 @@ def _url() -> str:
 
 
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
-    context.configure(connection=connection, url=url, target_metadata=target_metadata,
-                      include_object=include_object, compare_type=True,
-                      render_as_batch=True)  # SQLite alters tables by copy ("batch" mode)
+    context.configure(
+        connection=connection,
+        url=url,
+        target_metadata=target_metadata,
+        include_object=include_object,
+        compare_type=True,
+        render_as_batch=True,
+    )  # SQLite alters tables by copy ("batch" mode)
 
 
 def run_migrations_offline() -> None:

@@ -58,8 +58,9 @@ class FieldError(NamedTuple):
 class ApiError(RladError):
     """The API answered with an error: `{"error": {"code", "message", "fields": [{"field", "message"}]}}`."""
 
-    def __init__(self, status: int, code: str, message: str, fields: Iterable[FieldError] = (),
-                 retry_after: float | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, fields: Iterable[FieldError] = (), retry_after: float | None = None
+    ):
         self.status, self.code, self.message = status, code, message
         self.fields = [FieldError(*f) for f in fields]
         self.retry_after = retry_after  # seconds, from the Retry-After header (503, 429)
@@ -73,12 +74,17 @@ class ApiError(RladError):
         try:
             err = resp.json()["error"]
             fields = [FieldError(str(f.get("field", "")), str(f.get("message", ""))) for f in err.get("fields") or []]
-            return cls(resp.status_code, str(err.get("code", "error")), str(err.get("message", "")), fields,
-                       retry_after)
+            return cls(
+                resp.status_code, str(err.get("code", "error")), str(err.get("message", "")), fields, retry_after
+            )
         except (ValueError, KeyError, TypeError, AttributeError):  # not our error body (a proxy, say)
             text = resp.text.strip()[:300]
-            return cls(resp.status_code, "http_error", text or resp.reason_phrase or f"HTTP {resp.status_code}",
-                       retry_after=retry_after)
+            return cls(
+                resp.status_code,
+                "http_error",
+                text or resp.reason_phrase or f"HTTP {resp.status_code}",
+                retry_after=retry_after,
+            )
 
 
 def default_data_dir() -> Path:
@@ -114,8 +120,9 @@ def verify_checkpoint_dir(path: str | Path, *, manifest_sha256: str | None = Non
         raise ChecksumError(f"{root} has no {MANIFEST}; it is not a complete checkpoint")
     raw = manifest_path.read_bytes()
     if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
-        raise ChecksumError(f"{manifest_path}: sha256 does not match the checkpoint's published sha256 "
-                            f"{manifest_sha256}")
+        raise ChecksumError(
+            f"{manifest_path}: sha256 does not match the checkpoint's published sha256 {manifest_sha256}"
+        )
     try:
         files = json.loads(raw)["files"]
         expected = {str(name): (int(info["bytes"]), str(info["sha256"])) for name, info in files.items()}
@@ -149,8 +156,14 @@ def _safe_members(tar: tarfile.TarFile, prefix: str) -> Iterator[tarfile.TarInfo
 class Client:
     """The RLAD API for one team (the team of `api_key`)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         headers = {"User-Agent": "rlad-client/1"}
         if api_key:
@@ -164,8 +177,10 @@ class Client:
         url = os.environ.get("RLAD_URL", "").strip() or DEFAULT_URL
         key = resolve_api_key()
         if not key:
-            raise RladError(f"no API key: set RLAD_API_KEY, or run `rlad up` (it writes "
-                            f"{default_data_dir() / KEY_FILE}), or mint one with `rlad keys create --team NAME`")
+            raise RladError(
+                f"no API key: set RLAD_API_KEY, or run `rlad up` (it writes "
+                f"{default_data_dir() / KEY_FILE}), or mint one with `rlad keys create --team NAME`"
+            )
         return cls(url, key, timeout=timeout)
 
     def close(self) -> None:
@@ -180,8 +195,10 @@ class Client:
     # ----- plumbing ---------------------------------------------------------------------------------------
     def _unreachable(self, exc: httpx.HTTPError) -> ServiceUnavailable:
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else f"{type(exc).__name__}: {exc}"
-        return ServiceUnavailable(f"cannot reach the RLAD API at {self.base_url} ({what}); is the service "
-                                  "running? start it with `rlad up`, or point RLAD_URL at it")
+        return ServiceUnavailable(
+            f"cannot reach the RLAD API at {self.base_url} ({what}); is the service "
+            "running? start it with `rlad up`, or point RLAD_URL at it"
+        )
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
@@ -223,8 +240,13 @@ class Client:
                 time.sleep(min(getattr(exc, "retry_after", None) or 0.5 * 2**attempt, 10.0))
         raise AssertionError("unreachable")
 
-    def list_jobs(self, status: str | list[str] | None = None, method: str | list[str] | None = None,
-                  limit: int = 50, after: str | None = None) -> dict[str, Any]:
+    def list_jobs(
+        self,
+        status: str | list[str] | None = None,
+        method: str | list[str] | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> dict[str, Any]:
         """One page, newest first: {"items", "has_more", "next_after"} (pass next_after as `after`)."""
         params: dict[str, Any] = {"limit": limit}
         if status:
@@ -235,8 +257,9 @@ class Client:
             params["after"] = after
         return self._json("GET", "/v1/jobs", params=params)
 
-    def iter_jobs(self, status: str | list[str] | None = None, method: str | list[str] | None = None,
-                  page_size: int = 100) -> Iterator[JobDict]:
+    def iter_jobs(
+        self, status: str | list[str] | None = None, method: str | list[str] | None = None, page_size: int = 100
+    ) -> Iterator[JobDict]:
         """Every job, page after page."""
         after = None
         while True:
@@ -273,8 +296,14 @@ class Client:
         latest = self._request("GET", f"/v1/jobs/{job_id}/metrics/latest", params={"key": list(keys)}).json()["latest"]
         return {k: p["value"] for k, p in latest.items()}
 
-    def wait(self, job_id: str, poll_s: float = 1.0, on_update: Callable[[JobDict], None] | None = None,
-             timeout_s: float | None = None, unreachable_grace_s: float = 30.0) -> JobDict:
+    def wait(
+        self,
+        job_id: str,
+        poll_s: float = 1.0,
+        on_update: Callable[[JobDict], None] | None = None,
+        timeout_s: float | None = None,
+        unreachable_grace_s: float = 30.0,
+    ) -> JobDict:
         """Poll until the job is terminal and return it. `on_update(job)` is called after every poll. The
         service may be unreachable for up to `unreachable_grace_s` at a time (a restart) before this raises."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -306,8 +335,13 @@ class Client:
         """One checkpoint with its `files` [{"name", "bytes", "sha256"}]."""
         return self._json("GET", f"/v1/jobs/{_seg(job_id)}/checkpoints/{int(step)}")
 
-    def download(self, job_id: str, step: int | None = None, out_dir: str | Path = ".",
-                 on_progress: Callable[[int, int], None] | None = None) -> Path:
+    def download(
+        self,
+        job_id: str,
+        step: int | None = None,
+        out_dir: str | Path = ".",
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
         """Download a checkpoint (the latest when `step` is None) into `out_dir/<job>-step-<n>/` and return
         that path: a Hugging Face directory (`from_pretrained`), every file checked against manifest.json.
 
@@ -341,8 +375,10 @@ class Client:
                             if on_progress:
                                 on_progress(done, total)
                 except httpx.TransportError as exc:
-                    raise RladError(f"the download of {prefix} broke off after {done} of {total} bytes "
-                                    f"({type(exc).__name__}: {exc}); nothing was written to {target}") from None
+                    raise RladError(
+                        f"the download of {prefix} broke off after {done} of {total} bytes "
+                        f"({type(exc).__name__}: {exc}); nothing was written to {target}"
+                    ) from None
             if total and done != total:
                 raise RladError(f"the download of {prefix} is incomplete: {done} of {total} bytes")
             extract = tmp / "x"
@@ -357,8 +393,11 @@ class Client:
             src = extract / prefix
             manifest = verify_checkpoint_dir(src, manifest_sha256=manifest_sha)
             expected = set(manifest["files"]) | {MANIFEST}
-            extra = sorted(str(p.relative_to(src)) for p in src.rglob("*")
-                           if p.is_file() and str(p.relative_to(src)) not in expected)
+            extra = sorted(
+                str(p.relative_to(src))
+                for p in src.rglob("*")
+                if p.is_file() and str(p.relative_to(src)) not in expected
+            )
             if extra:
                 raise ChecksumError(f"the download of {prefix} holds files its manifest does not list: {extra}")
             if target.exists():  # replace: move the old one aside first, so `target` is never half-written
@@ -377,8 +416,12 @@ class Client:
         """Upload a JSONL dataset; use the returned `task_path` as the `path` of a jsonl task."""
         p = Path(path)
         with open(p, "rb") as f:
-            return self._json("POST", "/v1/datasets", files={"file": (p.name, f, "application/x-ndjson")},
-                              data={"name": name} if name else None)
+            return self._json(
+                "POST",
+                "/v1/datasets",
+                files={"file": (p.name, f, "application/x-ndjson")},
+                data={"name": name} if name else None,
+            )
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/datasets")["items"]

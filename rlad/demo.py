@@ -50,9 +50,22 @@ def warm_model(workdir: Path, role: str, *, quiet: bool, log: Callable[[str], An
     init = save_tiny_model(workdir / f"{role}-init", size, seed=seed)
     log(f"{role}: warming up a tiny '{size}' model with {steps} SFT steps on reference solutions")
     config = TrainConfig(
-        name=f"{role}-sft", method="sft", sft_source="reference", student=str(init), task=TASK,
-        steps=steps, batch_size=64, group_size=8, max_new_tokens=24, lr=3e-3, warmup_steps=5,
-        eval_every=0, checkpoint_every=0, log_samples=0, seed=seed, output_dir=str(run_dir),
+        name=f"{role}-sft",
+        method="sft",
+        sft_source="reference",
+        student=str(init),
+        task=TASK,
+        steps=steps,
+        batch_size=64,
+        group_size=8,
+        max_new_tokens=24,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=0,
+        checkpoint_every=0,
+        log_samples=0,
+        seed=seed,
+        output_dir=str(run_dir),
     )
     return _train_logged(config, quiet=quiet, description=f"{role} warm-up").checkpoint
 
@@ -60,9 +73,20 @@ def warm_model(workdir: Path, role: str, *, quiet: bool, log: Callable[[str], An
 def demo_spec(teacher: Path, student: Path, steps: int) -> dict[str, Any]:
     """The RLAD job the demo submits (the JSON body of POST /v1/jobs)."""
     return {
-        "name": "demo-rlad", "method": "rlad", "student": str(student.resolve()), "teacher": str(teacher.resolve()),
-        "task": TASK, "steps": steps, "batch_size": 64, "group_size": 8, "max_new_tokens": 24, "lr": 3e-4,
-        "alpha": 0.5, "eval_every": max(1, steps // 4), "eval_size": 64, "checkpoint_every": max(1, steps // 2),
+        "name": "demo-rlad",
+        "method": "rlad",
+        "student": str(student.resolve()),
+        "teacher": str(teacher.resolve()),
+        "task": TASK,
+        "steps": steps,
+        "batch_size": 64,
+        "group_size": 8,
+        "max_new_tokens": 24,
+        "lr": 3e-4,
+        "alpha": 0.5,
+        "eval_every": max(1, steps // 4),
+        "eval_size": 64,
+        "checkpoint_every": max(1, steps // 2),
         "seed": 0,
     }
 

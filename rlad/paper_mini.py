@@ -44,10 +44,10 @@ METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")  # rlad_core.config.METHODS in 
 
 @dataclass(frozen=True)
 class TaskSetup:
-    key: str                      # short name in file names and tables
-    task: dict[str, Any]          # TrainConfig.task
-    column: str                   # difficulty column prefix: PPL (people) or L (level)
-    teacher: tuple[str, int]      # (tiny model size, SFT steps on reference traces)
+    key: str  # short name in file names and tables
+    task: dict[str, Any]  # TrainConfig.task
+    column: str  # difficulty column prefix: PPL (people) or L (level)
+    teacher: tuple[str, int]  # (tiny model size, SFT steps on reference traces)
     student: tuple[str, int]
     max_new_tokens: int
     warmup_sft: dict[str, Any] = field(default_factory=lambda: dict(WARMUP_SFT))  # the models' SFT recipe
@@ -58,8 +58,8 @@ class Preset:
     name: str
     tasks: tuple[TaskSetup, ...]
     seeds: tuple[int, ...]
-    steps: int                    # student updates per run, the same for every method
-    shared: dict[str, Any]        # one configuration for every method (see the module docstring)
+    steps: int  # student updates per run, the same for every method
+    shared: dict[str, Any]  # one configuration for every method (see the module docstring)
     alphas: tuple[float, ...]
     ablation_task: str
     ablation_seeds: tuple[int, ...]
@@ -73,27 +73,57 @@ ARITH = {"name": "arithmetic", "levels": [1, 2, 3]}
 # ... and symbolic statements, a fifth of the English prompt's characters) and answer-only solutions.
 KK = {"name": "knights_knaves", "n_people": [2, 3, 4], "reasoning": False, "prompt_style": "compact"}
 KK_SFT = {**WARMUP_SFT, "warmup_steps": 20, "lr_schedule": "cosine", "min_lr_ratio": 0.1}
-SHARED = {"batch_size": 64, "group_size": 8, "lr": 3e-4, "warmup_steps": 2, "lr_schedule": "constant",
-          "temperature": 1.0, "eval_size": 64, "eval_pass_k": 4, "log_samples": 2, "checkpoint_every": 0}
+SHARED = {
+    "batch_size": 64,
+    "group_size": 8,
+    "lr": 3e-4,
+    "warmup_steps": 2,
+    "lr_schedule": "constant",
+    "temperature": 1.0,
+    "eval_size": 64,
+    "eval_pass_k": 4,
+    "log_samples": 2,
+    "checkpoint_every": 0,
+}
 
 PRESETS: dict[str, Preset] = {
     "full": Preset(  # about 38 minutes from an empty work directory on 2 cores
         name="full",
-        tasks=(TaskSetup("kk", KK, "PPL", ("mini", 1200), ("micro", 300), 48, KK_SFT),
-               TaskSetup("arith", ARITH, "L", ("mini", 1000), ("micro", 300), 32)),
-        seeds=(0, 1, 2), steps=100, shared={**SHARED, "eval_every": 10, "eval_size": 128},
-        alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0), ablation_task="kk", ablation_seeds=(0, 1, 2)),
+        tasks=(
+            TaskSetup("kk", KK, "PPL", ("mini", 1200), ("micro", 300), 48, KK_SFT),
+            TaskSetup("arith", ARITH, "L", ("mini", 1000), ("micro", 300), 32),
+        ),
+        seeds=(0, 1, 2),
+        steps=100,
+        shared={**SHARED, "eval_every": 10, "eval_size": 128},
+        alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+        ablation_task="kk",
+        ablation_seeds=(0, 1, 2),
+    ),
     "quick": Preset(  # Knights-and-Knaves with 2 and 3 people, a shorter teacher warm-up, one seed
         name="quick",
         tasks=(TaskSetup("kk", {**KK, "n_people": [2, 3]}, "PPL", ("mini", 500), ("micro", 100), 40, KK_SFT),),
-        seeds=(0,), steps=60, shared={**SHARED, "eval_every": 10},
-        alphas=(0.1, 0.5, 1.0), ablation_task="kk", ablation_seeds=(0,)),
+        seeds=(0,),
+        steps=60,
+        shared={**SHARED, "eval_every": 10},
+        alphas=(0.1, 0.5, 1.0),
+        ablation_task="kk",
+        ablation_seeds=(0,),
+    ),
     "tiny": Preset(  # the test's preset: the whole pipeline in about a minute, numbers meaningless
         name="tiny",
-        tasks=(TaskSetup("kk", {**KK, "n_people": [2, 3]}, "PPL", ("micro", 4), ("micro", 2), 40, KK_SFT),
-               TaskSetup("arith", {"name": "arithmetic", "levels": [1, 2]}, "L", ("micro", 4), ("micro", 2), 8)),
-        seeds=(0, 1), steps=2, shared={**SHARED, "batch_size": 8, "group_size": 4, "eval_every": 1, "eval_size": 4},
-        alphas=(0.5, 1.0), ablation_task="kk", ablation_seeds=(0,), max_positions=192),
+        tasks=(
+            TaskSetup("kk", {**KK, "n_people": [2, 3]}, "PPL", ("micro", 4), ("micro", 2), 40, KK_SFT),
+            TaskSetup("arith", {"name": "arithmetic", "levels": [1, 2]}, "L", ("micro", 4), ("micro", 2), 8),
+        ),
+        seeds=(0, 1),
+        steps=2,
+        shared={**SHARED, "batch_size": 8, "group_size": 4, "eval_every": 1, "eval_size": 4},
+        alphas=(0.5, 1.0),
+        ablation_task="kk",
+        ablation_seeds=(0,),
+        max_positions=192,
+    ),
 }
 
 
@@ -104,7 +134,7 @@ class Run:
     seed: int
     alpha: float | None = None
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # key -> [[step, value], ...]
-    final: dict[str, float] = field(default_factory=dict)               # eval/* at the last step
+    final: dict[str, float] = field(default_factory=dict)  # eval/* at the last step
     seconds: float = 0.0
     job_id: str | None = None
 
@@ -125,25 +155,55 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
     out: dict[str, Any] = {}
     for role, seed in (("teacher", 1), ("student", 0)):
         size, steps = getattr(setup, role)
-        recipe = {"task": setup.task, "size": size, "max_positions": preset.max_positions, "seed": seed,
-                  "eval_size": preset.shared["eval_size"], "max_new_tokens": setup.max_new_tokens,
-                  **setup.warmup_sft, "warmup_steps": min(setup.warmup_sft["warmup_steps"], steps)}
+        recipe = {
+            "task": setup.task,
+            "size": size,
+            "max_positions": preset.max_positions,
+            "seed": seed,
+            "eval_size": preset.shared["eval_size"],
+            "max_new_tokens": setup.max_new_tokens,
+            **setup.warmup_sft,
+            "warmup_steps": min(setup.warmup_sft["warmup_steps"], steps),
+        }
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
         run_dir = workdir / "models" / setup.key / f"{role}-{size}-sft{steps}-{digest}"
         done = latest_checkpoint(run_dir / "checkpoints")
         made_by = run_dir / "recipe.json"
-        if done is None or done.name != f"step-{steps}" or not made_by.exists() or json.loads(made_by.read_text()) != recipe:
+        if (
+            done is None
+            or done.name != f"step-{steps}"
+            or not made_by.exists()
+            or json.loads(made_by.read_text()) != recipe
+        ):
             log(f"{setup.key}: {role}: a tiny '{size}' model, {steps} SFT steps on reference solutions")
             shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted build of this recipe left
-            init = save_tiny_model(run_dir / "init", replace(TINY_SIZES[size], max_position_embeddings=preset.max_positions),
-                                   seed=seed)
-            sft = {k: recipe[k] for k in ("batch_size", "group_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio")
-                   if k in recipe}
-            config = TrainConfig(name=f"{setup.key}-{role}-sft", method="sft", sft_source="reference", student=str(init),
-                                 task=setup.task, steps=steps, **sft,
-                                 max_new_tokens=setup.max_new_tokens, eval_every=steps, eval_size=preset.shared["eval_size"],
-                                 checkpoint_every=0, log_samples=0, seed=seed, output_dir=str(run_dir))
-            reporter = MultiReporter(ConsoleReporter(steps, description=f"{setup.key} {role} SFT"), JsonlReporter(run_dir))
+            init = save_tiny_model(
+                run_dir / "init", replace(TINY_SIZES[size], max_position_embeddings=preset.max_positions), seed=seed
+            )
+            sft = {
+                k: recipe[k]
+                for k in ("batch_size", "group_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio")
+                if k in recipe
+            }
+            config = TrainConfig(
+                name=f"{setup.key}-{role}-sft",
+                method="sft",
+                sft_source="reference",
+                student=str(init),
+                task=setup.task,
+                steps=steps,
+                **sft,
+                max_new_tokens=setup.max_new_tokens,
+                eval_every=steps,
+                eval_size=preset.shared["eval_size"],
+                checkpoint_every=0,
+                log_samples=0,
+                seed=seed,
+                output_dir=str(run_dir),
+            )
+            reporter = MultiReporter(
+                ConsoleReporter(steps, description=f"{setup.key} {role} SFT"), JsonlReporter(run_dir)
+            )
             try:
                 result = train(config, reporter=reporter)
             finally:
@@ -160,11 +220,19 @@ def build_models(preset: Preset, setup: TaskSetup, workdir: Path, log: Callable[
 
 
 # ----- runs -------------------------------------------------------------------------------------------------
-def run_spec(preset: Preset, setup: TaskSetup, models: dict[str, Any], method: str, seed: int,
-             alpha: float | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {**preset.shared, "method": method, "student": str(Path(models["student"]).resolve()),
-                            "teacher": str(Path(models["teacher"]).resolve()), "task": setup.task,
-                            "steps": preset.steps, "seed": seed, "max_new_tokens": setup.max_new_tokens}
+def run_spec(
+    preset: Preset, setup: TaskSetup, models: dict[str, Any], method: str, seed: int, alpha: float | None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        **preset.shared,
+        "method": method,
+        "student": str(Path(models["student"]).resolve()),
+        "teacher": str(Path(models["teacher"]).resolve()),
+        "task": setup.task,
+        "steps": preset.steps,
+        "seed": seed,
+        "max_new_tokens": setup.max_new_tokens,
+    }
     if method == "rlad":
         spec["alpha"] = 0.5 if alpha is None else alpha
     if method == "sft":
@@ -222,21 +290,43 @@ def run_via_api(spec: dict[str, Any], run: Run, url: str, api_key: str | None) -
 
 
 # ----- the suite --------------------------------------------------------------------------------------------
-def run_suite(preset: Preset, workdir: Path, out: Path, *, via_api: str | None = None, api_key: str | None = None,
-              log: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_suite(
+    preset: Preset,
+    workdir: Path,
+    out: Path,
+    *,
+    via_api: str | None = None,
+    api_key: str | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, Any] = {"preset": asdict(preset), "via_api": via_api, "hyperparameters": {
-        "shared": preset.shared, "tried": "one configuration for every method; nothing tuned per method",
-        "method_defaults": {"rlad": "alpha 0.5, teacher clamp c=1", "kdrl": "k2 estimator, coefficient 0.002",
-                            "opd": "per-token advantage teacher_logp - old_logp", "sft": "reject-sampled teacher traces",
-                            "clip": "eps_low 0.2, eps_high 0.28"}},
-        "models": {}, "runs": []}
+    results: dict[str, Any] = {
+        "preset": asdict(preset),
+        "via_api": via_api,
+        "hyperparameters": {
+            "shared": preset.shared,
+            "tried": "one configuration for every method; nothing tuned per method",
+            "method_defaults": {
+                "rlad": "alpha 0.5, teacher clamp c=1",
+                "kdrl": "k2 estimator, coefficient 0.002",
+                "opd": "per-token advantage teacher_logp - old_logp",
+                "sft": "reject-sampled teacher traces",
+                "clip": "eps_low 0.2, eps_high 0.28",
+            },
+        },
+        "models": {},
+        "runs": [],
+    }
     for setup in preset.tasks:
         models = build_models(preset, setup, workdir, log)
-        results["models"][setup.key] = {"teacher": str(models["teacher"]), "student": str(models["student"]),
-                                        "teacher_eval": models["teacher_eval"], "student_eval": models["student_eval"]}
+        results["models"][setup.key] = {
+            "teacher": str(models["teacher"]),
+            "student": str(models["student"]),
+            "teacher_eval": models["teacher_eval"],
+            "student_eval": models["student_eval"],
+        }
         plan = [(m, s, None) for s in preset.seeds for m in preset.methods]
         if setup.key == preset.ablation_task:
             plan += [("rlad", s, a) for s in preset.ablation_seeds for a in preset.alphas if a != 0.5]
@@ -278,14 +368,22 @@ def _difficulties(results: dict[str, Any], task: str) -> list[int]:
     return sorted(int(k.rsplit("/d", 1)[1]) for k in keys)
 
 
-def _table(results: dict[str, Any], task: str, rows: list[tuple[str, list[dict]]], metric: str, column: str,
-           first: str = "Method") -> list[str]:
+def _table(
+    results: dict[str, Any],
+    task: str,
+    rows: list[tuple[str, list[dict]]],
+    metric: str,
+    column: str,
+    first: str = "Method",
+) -> list[str]:
     diffs = _difficulties(results, task)
     head = [first] + [f"{column}{d}" for d in diffs] + ["Avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, runs in rows:
-        cells = [_mean_spread([r["final"][f"eval/{metric}/d{d}"] for r in runs if f"eval/{metric}/d{d}" in r["final"]])
-                 for d in diffs]
+        cells = [
+            _mean_spread([r["final"][f"eval/{metric}/d{d}"] for r in runs if f"eval/{metric}/d{d}" in r["final"]])
+            for d in diffs
+        ]
         cells.append(_mean_spread([r["final"][f"eval/{metric}"] for r in runs if f"eval/{metric}" in r["final"]]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -294,19 +392,34 @@ def _table(results: dict[str, Any], task: str, rows: list[tuple[str, list[dict]]
 def _ablation(results: dict[str, Any], task: str) -> list[tuple[float, list[dict]]]:
     """(alpha, its rlad runs on the ablation seeds) for every alpha; alpha 0.5 is the main table's rlad run."""
     preset = results["preset"]
-    return [(a, [r for r in results["runs"] if r["task"] == task and r["method"] == "rlad"
-                 and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None)) and r["seed"] in preset["ablation_seeds"]])
-            for a in sorted(set(preset["alphas"]) | {0.5})]
+    return [
+        (
+            a,
+            [
+                r
+                for r in results["runs"]
+                if r["task"] == task
+                and r["method"] == "rlad"
+                and (r["alpha"] == a or (a == 0.5 and r["alpha"] is None))
+                and r["seed"] in preset["ablation_seeds"]
+            ],
+        )
+        for a in sorted(set(preset["alphas"]) | {0.5})
+    ]
 
 
 def tables(results: dict[str, Any]) -> str:
     preset = results["preset"]
     k = preset["shared"]["eval_pass_k"]
-    out = [f"# Paper in miniature: preset `{preset['name']}`", "",
-           f"Held-out accuracy (%) by difficulty after {preset['steps']} student updates, mean ± standard deviation "
-           f"over seeds {list(preset['seeds'])}; every method from the same SFT-warmed student, the same prompts and "
-           f"one shared configuration. The runs took {sum(r['seconds'] for r in results['runs']) / 60:.1f} min "
-           f"together (model warm-up not counted).", ""]
+    out = [
+        f"# Paper in miniature: preset `{preset['name']}`",
+        "",
+        f"Held-out accuracy (%) by difficulty after {preset['steps']} student updates, mean ± standard deviation "
+        f"over seeds {list(preset['seeds'])}; every method from the same SFT-warmed student, the same prompts and "
+        f"one shared configuration. The runs took {sum(r['seconds'] for r in results['runs']) / 60:.1f} min "
+        f"together (model warm-up not counted).",
+        "",
+    ]
     for setup in preset["tasks"]:
         task, column = setup["key"], setup["column"]
         runs = [r for r in results["runs"] if r["task"] == task]
@@ -315,8 +428,11 @@ def tables(results: dict[str, Any]) -> str:
         # the start: each seed's step-0 evaluation (before any update, on that seed's held-out set); the
         # teacher: its warm-up evaluation (a held-out draw of its own)
         first = preset["methods"][0]
-        starts = [{"final": {k: pts[0][1] for k, pts in r["curves"].items() if k.startswith("eval/") and pts[0][0] == 0}}
-                  for r in runs if r["method"] == first and r["alpha"] is None]
+        starts = [
+            {"final": {k: pts[0][1] for k, pts in r["curves"].items() if k.startswith("eval/") and pts[0][0] == 0}}
+            for r in runs
+            if r["method"] == first and r["alpha"] is None
+        ]
         start = [("student (start)", starts), ("teacher", [{"final": models["teacher_eval"]}])]
         options = ", ".join(f"{k} {v}" for k, v in setup["task"].items() if k != "name")
         out += [f"## {task}: {setup['task']['name']} ({options})", "", "Greedy accuracy (Table 1 layout):", ""]
@@ -361,8 +477,10 @@ def reading(results: dict[str, Any], task: str, column: str) -> list[str]:
                     tied = [m for m in ranked if abs(statistics.mean(vals[m]) - mb) < 1e-9]
                     lines.append(f"- {where}: {', '.join(tied)} tied at {100 * mb:.1f}%.")
                 else:
-                    lines.append(f"- {where}: best {best} {100 * mb:.1f}%, next {second} {100 * m2:.1f}%: "
-                                 f"gap {_verdict(vals[best], vals[second])}.")
+                    lines.append(
+                        f"- {where}: best {best} {100 * mb:.1f}%, next {second} {100 * m2:.1f}%: "
+                        f"gap {_verdict(vals[best], vals[second])}."
+                    )
             if "rlad" not in vals:
                 continue
             label = "greedy" if metric == "accuracy" else metric
@@ -394,8 +512,10 @@ def plots(results: dict[str, Any], out: Path) -> None:
         task = setup["key"]
         runs = [r for r in results["runs"] if r["task"] == task and r["alpha"] is None]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        for ax, key, title in ((axes[0], "reward_mean", "training reward (mean over rollouts; sft has none)"),
-                               (axes[1], "eval/accuracy", "held-out greedy accuracy (band: ± sd over seeds)")):
+        for ax, key, title in (
+            (axes[0], "reward_mean", "training reward (mean over rollouts; sft has none)"),
+            (axes[1], "eval/accuracy", "held-out greedy accuracy (band: ± sd over seeds)"),
+        ):
             for m in preset["methods"]:
                 series = [dict(r["curves"][key]) for r in runs if r["method"] == m and r["curves"].get(key)]
                 if not series:
@@ -403,11 +523,23 @@ def plots(results: dict[str, Any], out: Path) -> None:
                 steps = sorted({x for s in series for x in s})
                 at = [[s[x] for s in series if x in s] for x in steps]
                 mean = [statistics.mean(v) for v in at]
-                ax.plot(steps, mean, label=f"{m} (n={len(series)})", color=colors[m], marker="o" if len(steps) < 30 else None)
+                ax.plot(
+                    steps,
+                    mean,
+                    label=f"{m} (n={len(series)})",
+                    color=colors[m],
+                    marker="o" if len(steps) < 30 else None,
+                )
                 if key != "reward_mean" and len(series) > 1:  # the seeds' spread (reward is too noisy to shade)
                     sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in at]
-                    ax.fill_between(steps, [max(0.0, a - b) for a, b in zip(mean, sd, strict=True)],
-                                    [min(1.0, a + b) for a, b in zip(mean, sd, strict=True)], color=colors[m], alpha=0.12, lw=0)
+                    ax.fill_between(
+                        steps,
+                        [max(0.0, a - b) for a, b in zip(mean, sd, strict=True)],
+                        [min(1.0, a + b) for a, b in zip(mean, sd, strict=True)],
+                        color=colors[m],
+                        alpha=0.12,
+                        lw=0,
+                    )
             ax.set_xlabel("student update (step)")
             ax.set_ylabel("reward" if key == "reward_mean" else "accuracy (fraction)")
             ax.set_title(f"{task}: {title}")
@@ -425,8 +557,15 @@ def plots(results: dict[str, Any], out: Path) -> None:
                     means.append(statistics.mean(vals))
                     sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
                     ax.scatter([a] * len(vals), vals, color="#15803d", alpha=0.35, s=14, lw=0)
-            ax.errorbar(alphas, means, yerr=sds, marker="o", color="#15803d", capsize=3,
-                        label="mean ± sd over seeds (dots: seeds)")
+            ax.errorbar(
+                alphas,
+                means,
+                yerr=sds,
+                marker="o",
+                color="#15803d",
+                capsize=3,
+                label="mean ± sd over seeds (dots: seeds)",
+            )
             ax.legend(fontsize=8)
             ax.set_xlabel("alpha (1.0 = GRPO)")
             ax.set_ylabel("held-out greedy accuracy (fraction)")

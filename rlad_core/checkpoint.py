@@ -95,8 +95,11 @@ def is_out_of_space(exc: BaseException) -> bool:
     text = str(exc)
     if "No space left on device" in text or "Disk quota exceeded" in text:
         return True
-    return (isinstance(exc, RuntimeError) and "inline_container" in text
-            and ("unexpected pos" in text or "write failed" in text))
+    return (
+        isinstance(exc, RuntimeError)
+        and "inline_container" in text
+        and ("unexpected pos" in text or "write failed" in text)
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -189,7 +192,9 @@ def save_checkpoint(
         used = free_before - shutil.disk_usage(root).free if full else 0
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
-            raise DiskFull(max(needed, used + MARGIN_BYTES + reserve_bytes), shutil.disk_usage(root).free, root) from exc
+            raise DiskFull(
+                max(needed, used + MARGIN_BYTES + reserve_bytes), shutil.disk_usage(root).free, root
+            ) from exc
         raise
     return final
 
@@ -227,9 +232,9 @@ def list_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = []
     for p in root.iterdir():
-        if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit() and (p / MANIFEST).is_file():
+        if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX) :].isdigit() and (p / MANIFEST).is_file():
             found.append(p)
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -53,11 +53,16 @@ class KnightsKnavesTaskConfig(_Strict):
 
     name: Literal["knights_knaves"] = "knights_knaves"
     n_people: list[int] = Field(default=[2, 3, 4, 5], description="puzzle sizes to generate (2..8)")
-    reasoning: bool = Field(default=True, description="reference solutions carry a check line per speaker before the "
-                                                      "answer line (false: the answer line only)")
+    reasoning: bool = Field(
+        default=True,
+        description="reference solutions carry a check line per speaker before the "
+        "answer line (false: the answer line only)",
+    )
     prompt_style: Literal["english", "compact"] = Field(
-        default="english", description="english: the Logic-RL wording; compact: names A, B, ... and statements in "
-                                       "symbols (A: B=knave & A=knight), about a fifth of the characters (ours)")
+        default="english",
+        description="english: the Logic-RL wording; compact: names A, B, ... and statements in "
+        "symbols (A: B=knave & A=knight), about a fifth of the characters (ours)",
+    )
 
     @field_validator("n_people")
     @classmethod
@@ -71,7 +76,9 @@ class ArithmeticTaskConfig(_Strict):
     """Step-by-step multi-digit addition and multiplication; difficulty = level."""
 
     name: Literal["arithmetic"] = "arithmetic"
-    levels: list[int] = Field(default=[1, 2], description="difficulty levels to generate (see rlad_core.tasks.arithmetic)")
+    levels: list[int] = Field(
+        default=[1, 2], description="difficulty levels to generate (see rlad_core.tasks.arithmetic)"
+    )
 
     @field_validator("levels")
     @classmethod
@@ -85,7 +92,9 @@ class JsonlTaskConfig(_Strict):
     """A user dataset: JSONL lines {"prompt", "answer"[, "difficulty"]}, answers compared with math-verify."""
 
     name: Literal["jsonl"] = "jsonl"
-    path: Text = Field(max_length=1000, description="path of the JSONL file (or an uploaded dataset resolved by the service)")
+    path: Text = Field(
+        max_length=1000, description="path of the JSONL file (or an uploaded dataset resolved by the service)"
+    )
     eval_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="share of lines held out for evaluation")
 
 
@@ -103,65 +112,137 @@ class TrainConfig(_Strict):
     # --- what to train ----------------------------------------------------------------------------------
     name: Text | None = Field(default=None, max_length=200, description="human-readable job name")
     method: Method = Field(default="rlad", description="rlad (TRRD) | grpo | kdrl | opd | sft (offline distillation)")
-    student: Text = Field(min_length=1, max_length=1000, description="student model: Hugging Face id or local directory")
-    teacher: Text | None = Field(default=None, max_length=1000, description="teacher model (same tokenizer as the student); needed by rlad, kdrl, opd and sft with sft_source='teacher'")
-    reference: Text | None = Field(default=None, max_length=1000, description="frozen reference for the beta-KL penalty; default: the student's initial weights")
+    student: Text = Field(
+        min_length=1, max_length=1000, description="student model: Hugging Face id or local directory"
+    )
+    teacher: Text | None = Field(
+        default=None,
+        max_length=1000,
+        description="teacher model (same tokenizer as the student); needed by rlad, kdrl, opd and sft with "
+        "sft_source='teacher'",
+    )
+    reference: Text | None = Field(
+        default=None,
+        max_length=1000,
+        description="frozen reference for the beta-KL penalty; default: the student's initial weights",
+    )
     task: TaskConfig = Field(default_factory=ArithmeticTaskConfig, description="the verifiable-reward task")
-    use_chat_template: bool = Field(default=True, description="wrap prompts in the tokenizer's chat template when it has one")
+    use_chat_template: bool = Field(
+        default=True, description="wrap prompts in the tokenizer's chat template when it has one"
+    )
 
     # --- rollouts -----------------------------------------------------------------------------------------
     steps: int = Field(default=100, ge=1, le=MAX_STEPS, description="training steps (one rollout batch each)")
     batch_size: int = Field(default=64, ge=1, le=1 << 20, description="responses per step, B = P x G")
     group_size: int = Field(default=8, le=1 << 16, description="responses per prompt, G (paper: 8)")
     max_new_tokens: int = Field(default=64, ge=1, le=1 << 20, description="longest completion, in tokens")
-    temperature: float = Field(default=1.0, gt=0.0, description="sampling temperature (also applied to every scoring pass)")
+    temperature: float = Field(
+        default=1.0, gt=0.0, description="sampling temperature (also applied to every scoring pass)"
+    )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    engine: Literal["auto", "fast", "hf", "vllm"] = Field(default="auto", description="rollout engine; auto = fast when the architecture is supported, else hf")
-    train_pool_size: int = Field(default=4096, ge=1, le=1 << 27, description="(ours) training prompts generated or read up front; steps cycle through it in seeded epochs")
+    engine: Literal["auto", "fast", "hf", "vllm"] = Field(
+        default="auto", description="rollout engine; auto = fast when the architecture is supported, else hf"
+    )
+    train_pool_size: int = Field(
+        default=4096,
+        ge=1,
+        le=1 << 27,
+        description="(ours) training prompts generated or read up front; steps cycle through it in seeded epochs",
+    )
 
     # --- the update -----------------------------------------------------------------------------------------
     inner_epochs: int = Field(default=1, ge=1, le=1000, description="mu: passes over each rollout batch")
-    mini_batch_size: int | None = Field(default=None, ge=1, description="responses per optimizer step (default: batch_size)")
-    micro_batch_size: int | None = Field(default=None, ge=1, description="responses per forward/backward, gradients accumulated (default: mini_batch_size)")
+    mini_batch_size: int | None = Field(
+        default=None, ge=1, description="responses per optimizer step (default: batch_size)"
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="responses per forward/backward, gradients accumulated (default: mini_batch_size)",
+    )
     lr: float = Field(default=1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6)")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay")
     adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
-        default=(0.9, 0.999), description="AdamW betas, each in [0, 1)")
+        default=(0.9, 0.999), description="AdamW betas, each in [0, 1)"
+    )
     grad_clip: float | None = Field(default=1.0, gt=0.0, description="max global gradient norm; null disables clipping")
     warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="linear LR warm-up, in training steps")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(default="constant", description="LR after warm-up, per training step")
-    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0, description="final LR / lr for linear and cosine schedules")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="LR after warm-up, per training step"
+    )
+    min_lr_ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="final LR / lr for linear and cosine schedules"
+    )
 
     # --- the loss (RLAD.md) -------------------------------------------------------------------------------------
-    alpha: float = Field(default=0.5, description="TRRD mixing weight of the old-student ratio (paper: 0.5; 1.0 = GRPO)")
+    alpha: float = Field(
+        default=0.5, description="TRRD mixing weight of the old-student ratio (paper: 0.5; 1.0 = GRPO)"
+    )
     eps_low: float = Field(default=0.2, description="lower clip range, epsilon_low (paper: 0.20)")
     eps_high: float = Field(default=0.28, description="upper clip range, epsilon_high (paper: 0.28)")
-    teacher_clamp: float | None = Field(default=1.0, gt=0.0, description="c, clamp of log(pi_S/pi_T) inside the TRRD ratio (paper: 1); null disables it")
+    teacher_clamp: float | None = Field(
+        default=1.0, gt=0.0, description="c, clamp of log(pi_S/pi_T) inside the TRRD ratio (paper: 1); null disables it"
+    )
     aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = Field(
-        default="seq-mean-token-mean", description="how per-token losses are reduced (paper: seq-mean-token-mean)")
-    beta: float = Field(default=0.0, ge=0.0, description="weight of the k3 KL penalty to the reference (paper: not used)")
+        default="seq-mean-token-mean", description="how per-token losses are reduced (paper: seq-mean-token-mean)"
+    )
+    beta: float = Field(
+        default=0.0, ge=0.0, description="weight of the k3 KL penalty to the reference (paper: not used)"
+    )
     kdrl_coef: float = Field(default=0.002, ge=0.0, description="KDRL: gamma, weight of the teacher KL penalty")
-    kdrl_coef_final: float | None = Field(default=None, ge=0.0, description="KDRL: if set, gamma is annealed linearly to this value over the run")
+    kdrl_coef_final: float | None = Field(
+        default=None, ge=0.0, description="KDRL: if set, gamma is annealed linearly to this value over the run"
+    )
     kdrl_estimator: Literal["k1", "k2", "k3"] = Field(default="k2", description="KDRL: KL estimator")
     adv_eps: float = Field(default=1e-6, ge=0.0, description="(ours) epsilon added to the group std")
-    adv_std: Literal["population", "unbiased"] = Field(default="population", description="group std kind (paper: population)")
-    adv_scale: Literal["group", "none"] = Field(default="group", description="divide by the group std (group) or only centre (none, Dr.GRPO)")
+    adv_std: Literal["population", "unbiased"] = Field(
+        default="population", description="group std kind (paper: population)"
+    )
+    adv_scale: Literal["group", "none"] = Field(
+        default="group", description="divide by the group std (group) or only centre (none, Dr.GRPO)"
+    )
 
     # --- offline distillation (method = sft) ------------------------------------------------------------------
-    sft_source: Literal["teacher", "reference"] = Field(default="teacher", description="traces from teacher samples, or the task's reference solutions")
-    sft_filter: Literal["correct", "none"] = Field(default="correct", description="keep only traces the verifier accepts (reject sampling), or all")
+    sft_source: Literal["teacher", "reference"] = Field(
+        default="teacher", description="traces from teacher samples, or the task's reference solutions"
+    )
+    sft_filter: Literal["correct", "none"] = Field(
+        default="correct", description="keep only traces the verifier accepts (reject sampling), or all"
+    )
 
     # --- evaluation, checkpoints, run ---------------------------------------------------------------------
-    eval_every: int = Field(default=25, ge=0, le=MAX_STEPS, description="evaluate every k steps (and before the first and after the last); 0 disables")
+    eval_every: int = Field(
+        default=25,
+        ge=0,
+        le=MAX_STEPS,
+        description="evaluate every k steps (and before the first and after the last); 0 disables",
+    )
     eval_size: int = Field(default=64, ge=1, le=1 << 20, description="held-out prompts per evaluation")
-    eval_pass_k: int = Field(default=4, ge=1, le=1024, description="samples per prompt for pass@k (at the training temperature)")
-    checkpoint_every: int = Field(default=50, ge=0, le=MAX_STEPS, description="save a checkpoint every k steps (and at the end); 0 = only at the end")
-    keep_checkpoints: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="keep only the newest k checkpoints; null keeps all")
-    log_samples: int = Field(default=4, ge=0, le=1024, description="sample rollouts (prompt, completion, reward) reported per step")
-    max_consecutive_nonfinite: int = Field(default=3, ge=1, le=MAX_STEPS, description="fail the run after this many consecutive skipped (non-finite) steps")
+    eval_pass_k: int = Field(
+        default=4, ge=1, le=1024, description="samples per prompt for pass@k (at the training temperature)"
+    )
+    checkpoint_every: int = Field(
+        default=50,
+        ge=0,
+        le=MAX_STEPS,
+        description="save a checkpoint every k steps (and at the end); 0 = only at the end",
+    )
+    keep_checkpoints: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="keep only the newest k checkpoints; null keeps all"
+    )
+    log_samples: int = Field(
+        default=4, ge=0, le=1024, description="sample rollouts (prompt, completion, reward) reported per step"
+    )
+    max_consecutive_nonfinite: int = Field(
+        default=3, ge=1, le=MAX_STEPS, description="fail the run after this many consecutive skipped (non-finite) steps"
+    )
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation")
-    output_dir: Text | None = Field(default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="model weights and compute dtype")
+    output_dir: Text | None = Field(
+        default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="model weights and compute dtype"
+    )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
 
@@ -170,7 +251,10 @@ class TrainConfig(_Strict):
     @classmethod
     def _group(cls, v: int) -> int:
         if v < 2:
-            raise ValueError(f"group_size is {v}; GRPO needs at least 2 responses per prompt to compare; fix: set group_size >= 2 (paper: 8)")
+            raise ValueError(
+                f"group_size is {v}; GRPO needs at least 2 responses per prompt to compare; "
+                "fix: set group_size >= 2 (paper: 8)"
+            )
         return v
 
     @field_validator("device")
@@ -184,7 +268,9 @@ class TrainConfig(_Strict):
     @classmethod
     def _alpha(cls, v: float) -> float:
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"alpha is {v}; it must lie in [0, 1] (1.0 = GRPO, paper: 0.5); fix: choose a value in [0, 1]")
+            raise ValueError(
+                f"alpha is {v}; it must lie in [0, 1] (1.0 = GRPO, paper: 0.5); fix: choose a value in [0, 1]"
+            )
         return v
 
     @field_validator("eps_low", "eps_high")
@@ -199,15 +285,24 @@ class TrainConfig(_Strict):
         if self.batch_size % self.group_size:
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by group_size {self.group_size}; "
-                f"fix: use a multiple of {self.group_size}, e.g. {self.group_size * max(1, self.batch_size // self.group_size)}")
+                f"fix: use a multiple of {self.group_size}, "
+                f"e.g. {self.group_size * max(1, self.batch_size // self.group_size)}"
+            )
         if self.eps_low >= 1.0:
-            raise ValueError(f"eps_low is {self.eps_low}; 1 - eps_low must stay positive; fix: use a value below 1 (paper: 0.2)")
+            raise ValueError(
+                f"eps_low is {self.eps_low}; 1 - eps_low must stay positive; fix: use a value below 1 (paper: 0.2)"
+            )
         mini = self.resolved_mini_batch_size
         if self.batch_size % mini:
-            raise ValueError(f"mini_batch_size {mini} does not divide batch_size {self.batch_size}; fix: pick a divisor of {self.batch_size}")
+            raise ValueError(
+                f"mini_batch_size {mini} does not divide batch_size {self.batch_size}; "
+                f"fix: pick a divisor of {self.batch_size}"
+            )
         if mini % self.resolved_micro_batch_size:
             raise ValueError(
-                f"micro_batch_size {self.resolved_micro_batch_size} does not divide mini_batch_size {mini}; fix: pick a divisor of {mini}")
+                f"micro_batch_size {self.resolved_micro_batch_size} does not divide mini_batch_size {mini}; "
+                f"fix: pick a divisor of {mini}"
+            )
         if self.needs_teacher and not self.teacher:
             fix = "set teacher to a model with the student's tokenizer"
             if self.method == "sft":

@@ -60,12 +60,17 @@ def evaluate(
     that evaluating never changes the training run's random stream.
     """
     prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples], use_chat_template=use_chat_template)
-    greedy = generate_texts(engine, tokenizer, prompt_ids, SamplingParams(max_new_tokens, 0.0, 1.0), batch_size=batch_size)
+    greedy = generate_texts(
+        engine, tokenizer, prompt_ids, SamplingParams(max_new_tokens, 0.0, 1.0), batch_size=batch_size
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sampled = generate_texts(
-            engine, tokenizer, [p for p in prompt_ids for _ in range(pass_k)],
-            SamplingParams(max_new_tokens, temperature, top_p), batch_size=batch_size,
+            engine,
+            tokenizer,
+            [p for p in prompt_ids for _ in range(pass_k)],
+            SamplingParams(max_new_tokens, temperature, top_p),
+            batch_size=batch_size,
         )
 
     by_diff: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -88,6 +93,14 @@ def evaluate(
     samples = []
     for ex, text in zip(examples[:num_samples], greedy, strict=False):
         s = task.score(text, ex)
-        samples.append({"prompt": ex.prompt, "completion": text, "answer": ex.answer, "difficulty": ex.difficulty,
-                        "reward": s.reward, "correct": s.correct})
+        samples.append(
+            {
+                "prompt": ex.prompt,
+                "completion": text,
+                "answer": ex.answer,
+                "difficulty": ex.difficulty,
+                "reward": s.reward,
+                "correct": s.correct,
+            }
+        )
     return EvalResult(metrics=metrics, samples=samples)

@@ -224,8 +224,14 @@ def grpo_loss(
     _check_eps(eps_low, eps_high)
     penalty, extra = _reference_penalty(logp, ref_logp, beta, mask)
     return _clipped_surrogate(
-        logp - old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-        aggregation=aggregation, penalty=penalty, extra_metrics=extra,
+        logp - old_logp,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        aggregation=aggregation,
+        penalty=penalty,
+        extra_metrics=extra,
     )
 
 
@@ -281,8 +287,14 @@ def trrd_loss(
     penalty, extra = _reference_penalty(logp, ref_logp, beta, mask)
     extra["teacher_gap"] = _teacher_gap(teacher_logp, old_logp, mask)
     return _clipped_surrogate(
-        log_ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-        aggregation=aggregation, penalty=penalty, extra_metrics=extra,
+        log_ratio,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        aggregation=aggregation,
+        penalty=penalty,
+        extra_metrics=extra,
     )
 
 
@@ -307,10 +319,19 @@ def kdrl_loss(
     if coef < 0:
         raise ValueError(f"coef must be >= 0, got {coef}")
     kl_teacher = kl_estimate(logp, teacher_logp, estimator)
-    extra = {"kl_teacher": _masked_mean(kl_teacher.detach(), mask), "teacher_gap": _teacher_gap(teacher_logp, old_logp, mask)}
+    extra = {
+        "kl_teacher": _masked_mean(kl_teacher.detach(), mask),
+        "teacher_gap": _teacher_gap(teacher_logp, old_logp, mask),
+    }
     return _clipped_surrogate(
-        logp - old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-        aggregation=aggregation, penalty=coef * kl_teacher, extra_metrics=extra,
+        logp - old_logp,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        aggregation=aggregation,
+        penalty=coef * kl_teacher,
+        extra_metrics=extra,
     )
 
 
@@ -331,8 +352,14 @@ def opd_loss(
     token_advantages = (teacher_logp - old_logp).detach()  # (B, T)
     extra = {"teacher_gap": _teacher_gap(teacher_logp, old_logp, mask)}
     return _clipped_surrogate(
-        logp - old_logp, token_advantages, mask, eps_low=eps_low, eps_high=eps_high,
-        aggregation=aggregation, penalty=None, extra_metrics=extra,
+        logp - old_logp,
+        token_advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        aggregation=aggregation,
+        penalty=None,
+        extra_metrics=extra,
     )
 
 

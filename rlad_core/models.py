@@ -143,7 +143,8 @@ def _check_local(name_or_path: str) -> None:
     if looks_local and not p.expanduser().exists():
         raise FileNotFoundError(
             f"model directory {name_or_path} does not exist; fix: pass an existing directory written by "
-            "save_pretrained (or a Hugging Face model id such as Qwen/Qwen3-0.6B)")
+            "save_pretrained (or a Hugging Face model id such as Qwen/Qwen3-0.6B)"
+        )
 
 
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
@@ -202,7 +203,9 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, *, use_chat_tem
     return text
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, use_chat_template: bool = True) -> list[list[int]]:
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, use_chat_template: bool = True
+) -> list[list[int]]:
     """Token ids of each formatted prompt, with the tokenizer's BOS when it adds one (no padding)."""
     formatted = [format_prompt(tokenizer, t, use_chat_template=use_chat_template) for t in texts]
     # A chat template already writes BOS itself; adding special tokens again would duplicate it.

@@ -129,7 +129,8 @@ def _json_safe(values: Mapping[str, float]) -> dict[str, float | None]:
 
 
 class JsonlReporter(Reporter):
-    """Appends metrics to `metrics.jsonl`, events to `events.jsonl` and samples to `samples.jsonl` in a run directory."""
+    """Appends metrics to `metrics.jsonl`, events to `events.jsonl` and samples to `samples.jsonl` in a run
+    directory."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)

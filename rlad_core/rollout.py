@@ -139,15 +139,22 @@ def _left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device) ->
     if min(lengths) == 0:
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     Lp = max(lengths)
-    ids = torch.tensor([[pad_id] * (Lp - n) + list(p) for p, n in zip(prompt_ids, lengths, strict=True)],
-                       dtype=torch.long, device=device)  # (B, Lp)
+    ids = torch.tensor(
+        [[pad_id] * (Lp - n) + list(p) for p, n in zip(prompt_ids, lengths, strict=True)],
+        dtype=torch.long,
+        device=device,
+    )  # (B, Lp)
     mask = torch.tensor([[0] * (Lp - n) + [1] * n for n in lengths], dtype=torch.long, device=device)  # (B, Lp)
     return ids, mask
 
 
 def _finish(
-    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torch.Tensor, logp: torch.Tensor,
-    eos_ids: torch.Tensor, pad_id: int,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    tokens: torch.Tensor,
+    logp: torch.Tensor,
+    eos_ids: torch.Tensor,
+    pad_id: int,
 ) -> Rollouts:
     """Raw sampled tokens (B, T) and their log-probs (B, T) -> `Rollouts` with everything after the first EOS
     set to pad / mask 0 / log-prob 0 (the first EOS itself stays in the mask)."""
@@ -218,8 +225,15 @@ class HFEngine:
         kwargs: dict[str, Any] = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
         if params.greedy:
             return {**kwargs, "do_sample": False}
-        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, typical_p=1.0,
-                      epsilon_cutoff=0.0, eta_cutoff=0.0)
+        kwargs.update(
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+        )
         if getattr(getattr(self.model, "generation_config", None), "min_p", None) is not None:
             kwargs["min_p"] = 0.0
         return kwargs
@@ -232,13 +246,19 @@ class HFEngine:
         try:
             with torch.inference_mode():
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
-                    output_scores=True, return_dict_in_generate=True, **self._generation_kwargs(params),
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=self.eos_ids,
+                    pad_token_id=self.pad_id,
+                    use_cache=True,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                    **self._generation_kwargs(params),
                 )
         finally:
             self.model.train(was_training)
-        tokens = out.sequences[:, ids.shape[1]:]  # (B, T)
+        tokens = out.sequences[:, ids.shape[1] :]  # (B, T)
         scores = torch.stack(out.scores, dim=1).float()  # (B, T, V): processed logits the tokens were drawn from
         logp = scores.log_softmax(dim=-1).gather(-1, tokens[..., None]).squeeze(-1)  # (B, T)
         eos = torch.tensor(self.eos_ids, device=device)
@@ -292,7 +312,9 @@ def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) 
     return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
 
 
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _add_linear(
+    residual: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """residual + x @ weight_t [+ bias]: one addmm instead of a matmul and an add."""
     out = torch.addmm(residual, x, weight_t)
     return out if bias is None else out + bias
@@ -335,8 +357,11 @@ class _LlamaFamilyDecoder:
         if model_type not in FAST_MODEL_TYPES:
             raise _unsupported(f"model_type {model_type!r} (supported: {', '.join(FAST_MODEL_TYPES)})")
         base = getattr(model, "model", None)
-        if base is None or not all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")) \
-                or getattr(model, "lm_head", None) is None:
+        if (
+            base is None
+            or not all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb"))
+            or getattr(model, "lm_head", None) is None
+        ):
             raise _unsupported(f"{type(model).__name__} does not have the LlamaForCausalLM module layout")
         if getattr(config, "hidden_act", "silu") != "silu":
             raise _unsupported(f"hidden_act {config.hidden_act!r} (only silu)")
@@ -409,8 +434,18 @@ class _LlamaFamilyDecoder:
 
     def end(self) -> None:
         """Drop the per-call tensors (cache, concatenated weights) so they do not outlive the call."""
-        for name in ("layers", "k_cache", "v_cache", "cos", "sin_signed", "key_bias",
-                     "w_emb", "w_final_norm", "w_lm_head", "b_lm_head"):
+        for name in (
+            "layers",
+            "k_cache",
+            "v_cache",
+            "cos",
+            "sin_signed",
+            "key_bias",
+            "w_emb",
+            "w_final_norm",
+            "w_lm_head",
+            "b_lm_head",
+        ):
             self.__dict__.pop(name, None)
 
     # -- forward --------------------------------------------------------------------------------------------
@@ -552,20 +587,31 @@ class VLLMEngine:
         self._vllm = vllm
         self.eos_ids = _eos_list(eos_token_id)
         self.pad_id = int(pad_token_id)
-        kwargs = {"model": model_path, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
-                  "seed": seed, **llm_kwargs}
+        kwargs = {
+            "model": model_path,
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "seed": seed,
+            **llm_kwargs,
+        }
         try:
             self.llm = vllm.LLM(**{"logprobs_mode": "processed_logprobs", **kwargs})
         except TypeError:  # vLLM < 0.10.2 has no logprobs_mode
-            warnings.warn("this vLLM has no logprobs_mode: sample_logp will be raw model log-probs",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "this vLLM has no logprobs_mode: sample_logp will be raw model log-probs", RuntimeWarning, stacklevel=2
+            )
             self.llm = vllm.LLM(**kwargs)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollouts:
         ids, mask = _left_pad(prompt_ids, self.pad_id, torch.device("cpu"))
         vp = self._vllm.SamplingParams(
-            n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            logprobs=0, stop_token_ids=self.eos_ids, detokenize=False,
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            logprobs=0,
+            stop_token_ids=self.eos_ids,
+            detokenize=False,
         )
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], vp, use_tqdm=False)
         comps = [o.outputs[0] for o in outs]
@@ -622,4 +668,3 @@ def make_engine(
         path = model if isinstance(model, str) else model.name_or_path
         return VLLMEngine(path, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options)
     raise ValueError(f"unknown rollout engine {name!r}; choose 'hf', 'fast' or 'vllm'")
-

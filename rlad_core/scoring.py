@@ -71,8 +71,11 @@ def score_in_chunks(
     with torch.inference_mode():
         parts = [
             completion_logprobs(
-                model, input_ids[i : i + chunk_size], attention_mask[i : i + chunk_size],
-                num_completion_tokens, temperature=temperature,
+                model,
+                input_ids[i : i + chunk_size],
+                attention_mask[i : i + chunk_size],
+                num_completion_tokens,
+                temperature=temperature,
             )[0]
             for i in range(0, input_ids.shape[0], chunk_size)
         ]

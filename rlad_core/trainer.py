@@ -85,8 +85,13 @@ class Batch:
 
     def select(self, rows: torch.Tensor) -> Batch:
         idx = rows.tolist()
-        return Batch(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows],
-                     [self.texts[i] for i in idx], [self.examples[i] for i in idx])
+        return Batch(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.completion_mask[rows],
+            [self.texts[i] for i in idx],
+            [self.examples[i] for i in idx],
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,8 +99,14 @@ class Batch:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from: str | Path | None = None,
-          disk_reserve_bytes: int = 0, disk_poll_s: float = 10.0) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    reporter: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    disk_reserve_bytes: int = 0,
+    disk_poll_s: float = 10.0,
+) -> TrainResult:
     """Run `config` to the end (or until the reporter asks to stop). `resume_from`: a checkpoint dir or "auto".
 
     A checkpoint is written only if its disk keeps `disk_reserve_bytes` free beside it; otherwise the run
@@ -105,10 +116,16 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
     run = _setup(config, resume_from)
     run.disk_reserve_bytes, run.disk_poll_s = disk_reserve_bytes, disk_poll_s
     G = config.group_size
-    result = TrainResult(step=run.start_step, output_dir=run.out_dir, checkpoint=run.resumed_from,
-                         skipped_steps=run.skipped_steps)
-    reporter.event("resumed" if run.resumed_from else "started", step=run.start_step, total_steps=config.steps,
-                   method=config.method, checkpoint=str(run.resumed_from) if run.resumed_from else None)
+    result = TrainResult(
+        step=run.start_step, output_dir=run.out_dir, checkpoint=run.resumed_from, skipped_steps=run.skipped_steps
+    )
+    reporter.event(
+        "resumed" if run.resumed_from else "started",
+        step=run.start_step,
+        total_steps=config.steps,
+        method=config.method,
+        checkpoint=str(run.resumed_from) if run.resumed_from else None,
+    )
     if config.eval_every and run.start_step == 0:
         result.eval_before = _evaluate(config, run, reporter, step=0)
 
@@ -136,8 +153,11 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             # ===== 2. rewards from the verifier, group-relative advantages ===========================
             scores = [run.task.score(text, ex) for text, ex in zip(batch.texts, batch.examples, strict=True)]
             rewards_B = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
-            advantages_B = losses.group_advantages(rewards_B, G, eps=config.adv_eps, std=config.adv_std,
-                                                   scale=config.adv_scale) if config.method != "sft" else None
+            advantages_B = (
+                losses.group_advantages(rewards_B, G, eps=config.adv_eps, std=config.adv_std, scale=config.adv_scale)
+                if config.method != "sft"
+                else None
+            )
 
             # ===== 3. score the sampled tokens: old policy, teacher, reference (no grad) =================
             old_logp = teacher_logp = ref_logp = None
@@ -165,12 +185,16 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             if update["skipped"]:
                 consecutive_nonfinite += 1
                 result.skipped_steps += 1
-                reporter.event("step_skipped", step=step, consecutive=consecutive_nonfinite, reason="non-finite loss or gradient")
+                reporter.event(
+                    "step_skipped", step=step, consecutive=consecutive_nonfinite, reason="non-finite loss or gradient"
+                )
                 if consecutive_nonfinite >= config.max_consecutive_nonfinite:
                     raise NonFiniteError(
-                        f"{consecutive_nonfinite} consecutive steps had a non-finite loss or gradient (last: step {step}); "
+                        f"{consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
+                        f"(last: step {step}); "
                         "the run stops here and earlier checkpoints are intact. Fix: lower lr, enable grad_clip, "
-                        "or use float32 (dtype)")
+                        "or use float32 (dtype)"
+                    )
             else:
                 consecutive_nonfinite = 0
 
@@ -196,10 +220,15 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
             reporter.metrics(step, metrics)
             result.last_metrics = metrics
             if config.log_samples:
-                reporter.samples(step, [
-                    {"prompt": ex.prompt, "completion": text, "reward": s.reward, "correct": s.correct}
-                    for ex, text, s in list(zip(batch.examples, batch.texts, scores, strict=True))[: config.log_samples]
-                ])
+                reporter.samples(
+                    step,
+                    [
+                        {"prompt": ex.prompt, "completion": text, "reward": s.reward, "correct": s.correct}
+                        for ex, text, s in list(zip(batch.examples, batch.texts, scores, strict=True))[
+                            : config.log_samples
+                        ]
+                    ],
+                )
 
             # ===== 6. evaluate and checkpoint ==============================================================
             if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
@@ -218,7 +247,9 @@ def train(config: TrainConfig, *, reporter: Reporter | None = None, resume_from:
 
     if result.stopped:
         if step > 0 and last_saved != step and not gave_up_checkpoint:
-            result.checkpoint = _checkpoint(config, run, reporter, step, result.last_metrics, result.skipped_steps, consecutive_nonfinite)
+            result.checkpoint = _checkpoint(
+                config, run, reporter, step, result.last_metrics, result.skipped_steps, consecutive_nonfinite
+            )
         reporter.event("stopped", step=step)
     else:
         reporter.event("finished", step=step, checkpoint=str(result.checkpoint) if result.checkpoint else None)
@@ -248,9 +279,14 @@ def _sft_traces(config: TrainConfig, run: _Run, examples_P: list[Example]) -> tu
     prompt_ids = _encode(run, examples_B, config)
     r = run.teacher_engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
     texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
-    keep = [i for i, (t, e) in enumerate(zip(texts, examples_B, strict=True))
-            if config.sft_filter == "none" or run.task.score(t, e).correct]
-    batch = Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B).select(torch.tensor(keep, dtype=torch.long))
+    keep = [
+        i
+        for i, (t, e) in enumerate(zip(texts, examples_B, strict=True))
+        if config.sft_filter == "none" or run.task.score(t, e).correct
+    ]
+    batch = Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B).select(
+        torch.tensor(keep, dtype=torch.long)
+    )
     return batch, {"sft_kept_frac": len(keep) / len(examples_B)}
 
 
@@ -281,11 +317,19 @@ def _update(
             finite = True
             for rows in mini_rows.split(micro):
                 logp, entropy = completion_logprobs(
-                    run.student, batch.input_ids[rows], batch.attention_mask[rows], batch.T,
-                    temperature=config.temperature, with_entropy=epoch == 0,
+                    run.student,
+                    batch.input_ids[rows],
+                    batch.attention_mask[rows],
+                    batch.T,
+                    temperature=config.temperature,
+                    with_entropy=epoch == 0,
                 )
                 loss, m = _method_loss(
-                    config, step, logp, mask[rows], advantages_B[rows] if advantages_B is not None else None,
+                    config,
+                    step,
+                    logp,
+                    mask[rows],
+                    advantages_B[rows] if advantages_B is not None else None,
                     old_logp[rows] if old_logp is not None else logp.detach(),
                     teacher_logp[rows] if teacher_logp is not None else None,
                     ref_logp[rows] if ref_logp is not None else None,
@@ -323,11 +367,29 @@ def _method_loss(
     if config.method == "grpo":
         return losses.grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, beta=config.beta, **clip)
     if config.method == "rlad":
-        return losses.trrd_loss(logp, old_logp, teacher_logp, advantages, mask, alpha=config.alpha,
-                                teacher_clamp=config.teacher_clamp, ref_logp=ref_logp, beta=config.beta, **clip)
+        return losses.trrd_loss(
+            logp,
+            old_logp,
+            teacher_logp,
+            advantages,
+            mask,
+            alpha=config.alpha,
+            teacher_clamp=config.teacher_clamp,
+            ref_logp=ref_logp,
+            beta=config.beta,
+            **clip,
+        )
     if config.method == "kdrl":
-        return losses.kdrl_loss(logp, old_logp, teacher_logp, advantages, mask, coef=_kdrl_coef(config, step),
-                                estimator=config.kdrl_estimator, **clip)
+        return losses.kdrl_loss(
+            logp,
+            old_logp,
+            teacher_logp,
+            advantages,
+            mask,
+            coef=_kdrl_coef(config, step),
+            estimator=config.kdrl_estimator,
+            **clip,
+        )
     if config.method == "opd":
         return losses.opd_loss(logp, old_logp, teacher_logp, mask, **clip)
     return losses.sft_loss(logp, mask, aggregation=_aggregation(config))
@@ -397,8 +459,15 @@ def _resolve_device(name: str) -> str:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if index >= n:
             have = f"{n} CUDA device{'s' * (n != 1)}" + (f" (cuda:0..cuda:{n - 1})" if n else "")
-            raise ConfigError([("device", f"{name!r} is not on this machine, which has {have}; fix: use "
-                                          f"{'cuda:0' if n else 'cpu'} or auto")])
+            raise ConfigError(
+                [
+                    (
+                        "device",
+                        f"{name!r} is not on this machine, which has {have}; fix: use "
+                        f"{'cuda:0' if n else 'cpu'} or auto",
+                    )
+                ]
+            )
     elif name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError([("device", "mps is not available on this machine; fix: use cpu or auto")])
     return name
@@ -424,6 +493,7 @@ def _lr_lambda(config: TrainConfig):
         progress = min(1.0, (step - config.warmup_steps) / span)
         shape = 1.0 - progress if config.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
         return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape
+
     return factor
 
 
@@ -433,7 +503,9 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     device = _resolve_device(config.device)
     out_dir = config.resolved_output_dir
     ckpt_root = out_dir / "checkpoints"
-    resume_path = latest_checkpoint(ckpt_root) if resume_from == "auto" else (Path(resume_from) if resume_from else None)
+    resume_path = (
+        latest_checkpoint(ckpt_root) if resume_from == "auto" else (Path(resume_from) if resume_from else None)
+    )
     state = load_trainer_state(resume_path) if resume_path else None  # verifies the manifest first
 
     task = get_task(config.task.name, **config.task.model_dump(exclude={"name"}))
@@ -445,20 +517,43 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
     student.train()
     if config.beta > 0:
-        reference = load_model(config.reference or config.student, dtype=config.dtype, device=device).eval().requires_grad_(False)
+        reference = (
+            load_model(config.reference or config.student, dtype=config.dtype, device=device)
+            .eval()
+            .requires_grad_(False)
+        )
 
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay,
-                                  fused=device.startswith("cuda") or device == "cpu")
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=config.lr,
+        betas=config.adam_betas,
+        weight_decay=config.weight_decay,
+        fused=device.startswith("cuda") or device == "cpu",
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    pool = task.examples(min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train")
+    pool = task.examples(
+        min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train"
+    )
     eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
 
-    run = _Run(task=task, tokenizer=tokenizer, student=student, teacher=teacher, reference=reference,
-               engine=_build_engine(config.engine, student, tokenizer),
-               teacher_engine=_build_engine(config.engine, teacher, tokenizer) if teacher is not None and config.method == "sft" else None,
-               optimizer=optimizer, scheduler=scheduler, params=params, pool=pool, eval_examples=eval_examples,
-               out_dir=out_dir)
+    run = _Run(
+        task=task,
+        tokenizer=tokenizer,
+        student=student,
+        teacher=teacher,
+        reference=reference,
+        engine=_build_engine(config.engine, student, tokenizer),
+        teacher_engine=_build_engine(config.engine, teacher, tokenizer)
+        if teacher is not None and config.method == "sft"
+        else None,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        pool=pool,
+        eval_examples=eval_examples,
+        out_dir=out_dir,
+    )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -498,14 +593,17 @@ def _pack(run: _Run, config: TrainConfig, examples: list[Example], completions: 
     """Left-padded prompts + right-padded completions (each ending in EOS) as one batch."""
     tok = run.tokenizer
     prompts = _encode(run, examples, config)
-    comps = [tok(c, add_special_tokens=False)["input_ids"][: config.max_new_tokens - 1] + [tok.eos_token_id] for c in completions]
+    comps = [
+        tok(c, add_special_tokens=False)["input_ids"][: config.max_new_tokens - 1] + [tok.eos_token_id]
+        for c in completions
+    ]
     Lp, T = max(map(len, prompts)), max(map(len, comps))
     ids = torch.full((len(prompts), Lp + T), tok.pad_token_id, dtype=torch.long)  # (B, L)
     attn = torch.zeros((len(prompts), Lp + T), dtype=torch.long)  # (B, L)
     for i, (p, c) in enumerate(zip(prompts, comps, strict=True)):
-        ids[i, Lp - len(p): Lp] = torch.tensor(p)
-        ids[i, Lp: Lp + len(c)] = torch.tensor(c)
-        attn[i, Lp - len(p): Lp + len(c)] = 1
+        ids[i, Lp - len(p) : Lp] = torch.tensor(p)
+        ids[i, Lp : Lp + len(c)] = torch.tensor(c)
+        attn[i, Lp - len(p) : Lp + len(c)] = 1
     return Batch(ids, attn, attn[:, Lp:].float(), completions, examples)
 
 
@@ -532,27 +630,64 @@ class _MetricAccumulator:
 
 
 def _evaluate(config: TrainConfig, run: _Run, reporter: Reporter, *, step: int) -> dict[str, float]:
-    res = evaluate(run.engine, run.tokenizer, run.task, run.eval_examples, max_new_tokens=config.max_new_tokens,
-                   temperature=config.temperature, top_p=config.top_p, pass_k=config.eval_pass_k,
-                   use_chat_template=config.use_chat_template, seed=config.seed + step)
+    res = evaluate(
+        run.engine,
+        run.tokenizer,
+        run.task,
+        run.eval_examples,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        pass_k=config.eval_pass_k,
+        use_chat_template=config.use_chat_template,
+        seed=config.seed + step,
+    )
     reporter.metrics(step, res.metrics)
-    reporter.event("eval_completed", step=step, **{k.removeprefix("eval/"): v for k, v in res.metrics.items()
-                                                   if "/" not in k.removeprefix("eval/")})
+    reporter.event(
+        "eval_completed",
+        step=step,
+        **{k.removeprefix("eval/"): v for k, v in res.metrics.items() if "/" not in k.removeprefix("eval/")},
+    )
     reporter.samples(step, [{**s, "eval": True} for s in res.samples])
     return res.metrics
 
 
-def _checkpoint(config: TrainConfig, run: _Run, reporter: Reporter, step: int, metrics: dict[str, float],
-                skipped: int, consecutive_nonfinite: int) -> Path | None:
+def _checkpoint(
+    config: TrainConfig,
+    run: _Run,
+    reporter: Reporter,
+    step: int,
+    metrics: dict[str, float],
+    skipped: int,
+    consecutive_nonfinite: int,
+) -> Path | None:
     """Save, prune and report the checkpoint of `step`; None if a stop came while it waited for disk space."""
-    state = {"step": step, "data_position": step * config.prompts_per_step, "optimizer": run.optimizer.state_dict(),
-             "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": config.to_json_dict(),
-             "skipped_steps": skipped, "consecutive_nonfinite": consecutive_nonfinite}
+    state = {
+        "step": step,
+        "data_position": step * config.prompts_per_step,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_state(),
+        "config": config.to_json_dict(),
+        "skipped_steps": skipped,
+        "consecutive_nonfinite": consecutive_nonfinite,
+    }
     root = run.out_dir / "checkpoints"
     reporter.sync()  # the metrics up to `step` are durable before a resume could start after them
-    path = _save_when_space(reporter, step, run.disk_poll_s, lambda: save_checkpoint(
-        root, step, model=run.student, tokenizer=run.tokenizer, trainer_state=state,
-        metrics={k: v for k, v in metrics.items() if math.isfinite(v)}, reserve_bytes=run.disk_reserve_bytes))
+    path = _save_when_space(
+        reporter,
+        step,
+        run.disk_poll_s,
+        lambda: save_checkpoint(
+            root,
+            step,
+            model=run.student,
+            tokenizer=run.tokenizer,
+            trainer_state=state,
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+            reserve_bytes=run.disk_reserve_bytes,
+        ),
+    )
     if path is None:
         return None
     if config.keep_checkpoints:

@@ -12,15 +12,34 @@ from store.errors import NotFound
 from store.models import Checkpoint
 
 
-def record_checkpoint(session: Session, *, job_id: str, step: int, kind: str, location: str, bytes: int,
-                      sha256: str, metrics: dict[str, Any]) -> None:
+def record_checkpoint(
+    session: Session,
+    *,
+    job_id: str,
+    step: int,
+    kind: str,
+    location: str,
+    bytes: int,
+    sha256: str,
+    metrics: dict[str, Any],
+) -> None:
     """Insert or replace (a resumed attempt may write the same step again)."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    values = {"job_id": job_id, "step": step, "kind": kind, "location": location, "bytes": bytes, "sha256": sha256,
-              "metrics": metrics}
+    values = {
+        "job_id": job_id,
+        "step": step,
+        "kind": kind,
+        "location": location,
+        "bytes": bytes,
+        "sha256": sha256,
+        "metrics": metrics,
+    }
     stmt = insert(Checkpoint).values(**values)
-    session.execute(stmt.on_conflict_do_update(index_elements=["job_id", "step"],
-                                               set_={k: stmt.excluded[k] for k in values if k not in ("job_id", "step")}))
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["job_id", "step"], set_={k: stmt.excluded[k] for k in values if k not in ("job_id", "step")}
+        )
+    )
 
 
 def forget_checkpoints(session: Session, *, job_id: str, steps: list[int]) -> None:

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 from store.models import Dataset
 
 
-def record_dataset(session: Session, *, team_id: str, name: str, sha256: str, bytes: int, lines: int,
-                   location: str) -> Dataset:
+def record_dataset(
+    session: Session, *, team_id: str, name: str, sha256: str, bytes: int, lines: int, location: str
+) -> Dataset:
     """The team's dataset with this content: the existing row when the same bytes were uploaded before."""
     existing = session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == sha256))
     if existing is not None:

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,7 +26,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # isolation_level=None: we issue BEGIN ourselves (below) so that writes take the lock up front
             # (BEGIN IMMEDIATE) instead of failing on lock upgrade; WAL lets readers run beside one writer
             dbapi_conn.isolation_level = None
@@ -38,7 +38,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # noqa: ANN001
+        def _sqlite_begin(conn: Connection) -> None:
             if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":  # read sessions take no lock
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -47,8 +47,14 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # request that meets it (a round trip per checkout; the job poll path answers from its cache without one)
     # connect_timeout: a database host that does not answer fails a call in seconds instead of hanging it
     connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=300, pool_pre_ping=True,
-                         connect_args=connect_args)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=300,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
 
 
 @lru_cache
@@ -111,8 +117,9 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def retry_unavailable(fn: Callable[[], T], *, what: str, max_delay_s: float | None = None,
-                      give_up: Callable[[], bool] | None = None) -> T:
+def retry_unavailable(
+    fn: Callable[[], T], *, what: str, max_delay_s: float | None = None, give_up: Callable[[], bool] | None = None
+) -> T:
     """`fn()`, called again with exponential backoff (0.5 s doubling to `max_delay_s`, default the setting
     `db_retry_max_s`) for as long as the database is unavailable; any other error is raised at once. `give_up`
     (checked between tries) ends the retries by raising the last error.
@@ -128,8 +135,12 @@ def retry_unavailable(fn: Callable[[], T], *, what: str, max_delay_s: float | No
                 raise
             failures += 1
             if failures == 1:
-                log.warning("%s: the database is unavailable (%s); retrying every <= %.0f s",
-                            what, type(exc).__name__, max_delay_s)
+                log.warning(
+                    "%s: the database is unavailable (%s); retrying every <= %.0f s",
+                    what,
+                    type(exc).__name__,
+                    max_delay_s,
+                )
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
             continue

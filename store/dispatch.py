@@ -5,6 +5,7 @@ needs no worker code."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
@@ -13,14 +14,17 @@ from store.settings import Settings, get_settings
 RUN_JOB = "rlad.run_job"
 
 
-def broker_options(settings: Settings) -> dict:
+def broker_options(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by the sender (API, reaper) and the worker."""
-    opts: dict = {"broker_url": settings.resolved_broker_url, "broker_connection_retry_on_startup": True}
+    opts: dict[str, Any] = {"broker_url": settings.resolved_broker_url, "broker_connection_retry_on_startup": True}
     if opts["broker_url"].startswith("filesystem://"):
         folder = str(settings.broker_folder)
         settings.broker_folder.mkdir(parents=True, exist_ok=True)  # the transport needs it to exist
-        opts["broker_transport_options"] = {"data_folder_in": folder, "data_folder_out": folder,
-                                            "control_folder": str(settings.broker_folder / "control")}
+        opts["broker_transport_options"] = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.broker_folder / "control"),
+        }
         (settings.broker_folder / "control").mkdir(exist_ok=True)
     return opts
 

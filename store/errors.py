@@ -30,8 +30,10 @@ class IdempotencyConflict(StoreError):
 
     def __init__(self, key: str, job_id: str):
         self.key, self.job_id = key, job_id
-        super().__init__(f"Idempotency-Key {key!r} was used for job {job_id} with a different body; "
-                         "fix: send the same body, or use a new key for a new job")
+        super().__init__(
+            f"Idempotency-Key {key!r} was used for job {job_id} with a different body; "
+            "fix: send the same body, or use a new key for a new job"
+        )
 
 
 class InvalidSpec(StoreError):
@@ -63,5 +65,7 @@ class QuotaExceeded(StoreError):
 
     def __init__(self, limit: int):
         self.limit = limit
-        super().__init__(f"the team already has {limit} jobs queued or running (max_active_jobs_per_team={limit}); "
-                         "fix: wait for some to finish, or cancel some")
+        super().__init__(
+            f"the team already has {limit} jobs queued or running (max_active_jobs_per_team={limit}); "
+            "fix: wait for some to finish, or cancel some"
+        )

@@ -8,9 +8,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,19 +65,35 @@ def check_devices(session: Session, *, device: str, queue: str, timeout_s: float
     if counts and max(counts) < need:
         most = max(counts)
         fix = f"use cuda:0..cuda:{most - 1} or auto" if most else "use cpu or auto"
-        raise InvalidSpec([("device", f"{device!r}: the live workers of queue {queue!r} have at most {most} CUDA "
-                                      f"device{'s' * (most != 1)}; fix: {fix}")])
+        raise InvalidSpec(
+            [
+                (
+                    "device",
+                    f"{device!r}: the live workers of queue {queue!r} have at most {most} CUDA "
+                    f"device{'s' * (most != 1)}; fix: {fix}",
+                )
+            ]
+        )
 
 
 def count_active_jobs(session: Session, *, team_id: str) -> int:
     """The team's jobs that hold or wait for a worker: queued, starting, running, cancelling (the quota)."""
-    n = session.scalar(select(func.count()).select_from(Job).where(
-        Job.team_id == team_id, Job.status.in_({S.queued, *states.ACTIVE})))
+    n = session.scalar(
+        select(func.count()).select_from(Job).where(Job.team_id == team_id, Job.status.in_({S.queued, *states.ACTIVE}))
+    )
     return int(n or 0)
 
 
-def submit_job(session: Session, *, team_id: str, spec: dict[str, Any], idempotency_key: str | None = None,
-               queue: str = "gpu", max_attempts: int = 3, max_active: int | None = None) -> tuple[Job, bool]:
+def submit_job(
+    session: Session,
+    *,
+    team_id: str,
+    spec: dict[str, Any],
+    idempotency_key: str | None = None,
+    queue: str = "gpu",
+    max_attempts: int = 3,
+    max_active: int | None = None,
+) -> tuple[Job, bool]:
     """Insert a queued job (and its `queued` event). Returns (job, created).
 
     With an idempotency key, the same key and body return the existing job (created=False); the same key
@@ -94,10 +110,20 @@ def submit_job(session: Session, *, team_id: str, spec: dict[str, Any], idempote
         raise QuotaExceeded(max_active)
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
     check_devices(session, device=resolved["device"], queue=queue, timeout_s=get_settings().heartbeat_timeout_s)
-    job = Job(team_id=team_id, name=resolved.get("name"), method=resolved["method"], spec=spec,
-              spec_resolved=resolved, status=S.queued, queue=queue, max_attempts=max_attempts,
-              total_steps=resolved["steps"], idempotency_key=idempotency_key, request_hash=digest,
-              dispatched_at=utcnow())
+    job = Job(
+        team_id=team_id,
+        name=resolved.get("name"),
+        method=resolved["method"],
+        spec=spec,
+        spec_resolved=resolved,
+        status=S.queued,
+        queue=queue,
+        max_attempts=max_attempts,
+        total_steps=resolved["steps"],
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        dispatched_at=utcnow(),
+    )
     try:
         with session.begin_nested():
             session.add(job)
@@ -137,8 +163,15 @@ def get_job(session: Session, *, team_id: str | None, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, team_id: str, after: str | None = None, limit: int = 50,
-              status: list[JobStatus] | None = None, method: list[str] | None = None) -> tuple[list[Job], bool]:
+def list_jobs(
+    session: Session,
+    *,
+    team_id: str,
+    after: str | None = None,
+    limit: int = 50,
+    status: list[JobStatus] | None = None,
+    method: list[str] | None = None,
+) -> tuple[list[Job], bool]:
     """Newest first; `after` is the last id of the previous page. Returns (jobs, has_more)."""
     q = select(Job).where(Job.team_id == team_id)
     if after:
@@ -155,8 +188,9 @@ def queue_position(session: Session, *, job: Job) -> int | None:
     """1 = next to be claimed on its queue; None unless queued."""
     if job.status != S.queued:
         return None
-    ahead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.queue == job.queue, Job.status == S.queued, Job.id < job.id))
+    ahead = session.scalar(
+        select(func.count()).select_from(Job).where(Job.queue == job.queue, Job.status == S.queued, Job.id < job.id)
+    )
     return int(ahead or 0) + 1
 
 
@@ -215,16 +249,27 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> Job | None:
     (a redelivered message), exactly one gets it. None when the job is not queued (any more)."""
     now = utcnow()
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == S.queued)
-        .values(status=S.starting, attempt=Job.attempt + 1, worker=worker, heartbeat_at=now, updated_at=now,
-                started_at=func.coalesce(Job.started_at, now))
-        .execution_options(synchronize_session=False))
-    if res.rowcount != 1:
+        update(Job)
+        .where(Job.id == job_id, Job.status == S.queued)
+        .values(
+            status=S.starting,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            heartbeat_at=now,
+            updated_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if cast(CursorResult[Any], res).rowcount != 1:
         return None
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None  # we just updated it in this transaction
-    session.add(JobEvent(job_id=job.id, kind=EventKind.claimed, attempt=job.attempt,
-                         data={"worker": worker, "attempt": job.attempt}))
+    session.add(
+        JobEvent(
+            job_id=job.id, kind=EventKind.claimed, attempt=job.attempt, data={"worker": worker, "attempt": job.attempt}
+        )
+    )
     return job
 
 
@@ -243,17 +288,23 @@ def mark_running(session: Session, *, job_id: str, resumed_from_step: int | None
 def heartbeat(session: Session, *, job_id: str, attempt: int) -> bool:
     """Stamp heartbeat_at if this attempt still holds the job; False means it does not (stop working)."""
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(states.ACTIVE))
-        .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
-    return res.rowcount == 1
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(states.ACTIVE))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], res).rowcount == 1
 
 
-def record_progress(session: Session, *, job_id: str, attempt: int, last_step: int,
-                    seconds_per_step: float | None) -> None:
+def record_progress(
+    session: Session, *, job_id: str, attempt: int, last_step: int, seconds_per_step: float | None
+) -> None:
     session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt)
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt)
         .values(last_step=last_step, seconds_per_step=seconds_per_step)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def status_of(session: Session, *, job_id: str) -> JobStatus:
@@ -263,8 +314,16 @@ def status_of(session: Session, *, job_id: str) -> JobStatus:
     return status
 
 
-def finish_job(session: Session, *, job_id: str, attempt: int, outcome: JobStatus, error_code: str | None = None,
-               error_message: str | None = None, **data: Any) -> Job | None:
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    outcome: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    **data: Any,
+) -> Job | None:
     """Record the end of an attempt: succeeded, failed, cancelled (after cancelling) or lost.
 
     A job that this attempt no longer holds (re-queued by the reaper, already terminal) is left alone:
@@ -286,8 +345,9 @@ def finish_job(session: Session, *, job_id: str, attempt: int, outcome: JobStatu
 
 def lost_count(session: Session, *, job_id: str) -> int:
     """How many attempts of the job were lost (its `lost` events): what `max_attempts` bounds."""
-    n = session.scalar(select(func.count()).select_from(JobEvent)
-                       .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.lost))
+    n = session.scalar(
+        select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.lost)
+    )
     return int(n or 0)
 
 
@@ -302,22 +362,32 @@ def release_job(session: Session, *, job_id: str, attempt: int, reason: str, ste
     if job.status == S.cancelling:
         states.transition(session, job, S.cancelled, reason=f"{reason} while cancelling")
         return job
-    states.transition(session, job, S.queued, event=EventKind.released, reason=reason,
-                      step=job.last_step if step is None else step, next_attempt=job.attempt + 1)
+    states.transition(
+        session,
+        job,
+        S.queued,
+        event=EventKind.released,
+        reason=reason,
+        step=job.last_step if step is None else step,
+        next_attempt=job.attempt + 1,
+    )
     job.worker, job.heartbeat_at, job.dispatched_at = None, None, utcnow()
     return job
 
 
-def reap(session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: float = 600.0,
-         now: datetime | None = None) -> list[Job]:
+def reap(
+    session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: float = 600.0, now: datetime | None = None
+) -> list[Job]:
     """Active jobs with a stale heartbeat -> lost; lost jobs -> queued again (the next attempt resumes from
     the last checkpoint) while attempts remain, else failed; queued jobs not claimed `redispatch_after_s`
     after their dispatch are sent again. Returns the jobs to dispatch."""
     now = now or utcnow()
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
     stale = session.scalars(
-        select(Job).where(Job.status.in_(states.ACTIVE), Job.heartbeat_at < stale_before)
-        .with_for_update(skip_locked=True))
+        select(Job)
+        .where(Job.status.in_(states.ACTIVE), Job.heartbeat_at < stale_before)
+        .with_for_update(skip_locked=True)
+    )
     for job in stale:
         age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
         if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
@@ -339,8 +409,11 @@ def reap(session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: fl
             states.transition(session, job, S.failed, code=job.error_code, message=job.error_message)
     # a queued job whose message never arrived (broker down at submit, a broker restart) is sent again
     undelivered_before = now - timedelta(seconds=redispatch_after_s)
-    for job in session.scalars(select(Job).where(Job.status == S.queued, Job.dispatched_at < undelivered_before)
-                               .with_for_update(skip_locked=True)):
+    for job in session.scalars(
+        select(Job)
+        .where(Job.status == S.queued, Job.dispatched_at < undelivered_before)
+        .with_for_update(skip_locked=True)
+    ):
         job.dispatched_at = now
         requeued.append(job)
     return requeued

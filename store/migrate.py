@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def alembic_config(url: str) -> Config:
     if not (ROOT / "alembic.ini").is_file():
-        raise FileNotFoundError(f"no alembic.ini next to {ROOT}: migrations run from a source checkout or the image "
-                                "(docker-compose's migrate service); fix: install with `pip install -e .`")
+        raise FileNotFoundError(
+            f"no alembic.ini next to {ROOT}: migrations run from a source checkout or the image "
+            "(docker-compose's migrate service); fix: install with `pip install -e .`"
+        )
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.attributes["configure_logger"] = False

@@ -41,22 +41,34 @@ _HF_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}"
 HF_ID = re.compile(rf"(?:{_HF_PART}/)?{_HF_PART}")
 _CHECKPOINT_REF = re.compile(r"(?P<job>[A-Za-z0-9_-]{1,64})(?:/(?P<step>[0-9]{1,9}))?")
 
-MODEL_PATH_REFUSED = ("this path may not be read by jobs; fix: name the model as checkpoint:<job id> or "
-                      "checkpoint:<job id>/<step> (a checkpoint of one of your jobs), as a Hugging Face id "
-                      "(org/name), or as an absolute path under a directory listed in the service's "
-                      "RLAD_MODEL_ROOTS setting")
-DATASET_PATH_REFUSED = ("this path may not be read by jobs; fix: upload the file with POST /v1/datasets (`rlad "
-                        "datasets upload`) and use the dataset:<id> it returns, or use an absolute path under a "
-                        "directory listed in the service's RLAD_MODEL_ROOTS setting")
-NO_DATASET = ("no dataset uploaded by your team has this id; fix: upload it with POST /v1/datasets (`rlad datasets "
-              "upload`) and use the task_path it returns, dataset:<id>")
-NO_CHECKPOINT = ("no checkpoint of your team's jobs matches this ref; fix: use checkpoint:<job id> (its newest "
-                 "checkpoint) or checkpoint:<job id>/<step> of one of your jobs that saved one (GET "
-                 "/v1/jobs/<id>/checkpoints lists them)")
-DATASET_AS_MODEL = ("dataset:<id> names a JSONL dataset, not a model; fix: use checkpoint:<job id>[/<step>], a "
-                    "Hugging Face id or an absolute path under RLAD_MODEL_ROOTS")
-CHECKPOINT_AS_DATASET = ("checkpoint:<job id> names a model, not a dataset; fix: upload the JSONL file with POST "
-                         "/v1/datasets and use dataset:<id>")
+MODEL_PATH_REFUSED = (
+    "this path may not be read by jobs; fix: name the model as checkpoint:<job id> or "
+    "checkpoint:<job id>/<step> (a checkpoint of one of your jobs), as a Hugging Face id "
+    "(org/name), or as an absolute path under a directory listed in the service's "
+    "RLAD_MODEL_ROOTS setting"
+)
+DATASET_PATH_REFUSED = (
+    "this path may not be read by jobs; fix: upload the file with POST /v1/datasets (`rlad "
+    "datasets upload`) and use the dataset:<id> it returns, or use an absolute path under a "
+    "directory listed in the service's RLAD_MODEL_ROOTS setting"
+)
+NO_DATASET = (
+    "no dataset uploaded by your team has this id; fix: upload it with POST /v1/datasets (`rlad datasets "
+    "upload`) and use the task_path it returns, dataset:<id>"
+)
+NO_CHECKPOINT = (
+    "no checkpoint of your team's jobs matches this ref; fix: use checkpoint:<job id> (its newest "
+    "checkpoint) or checkpoint:<job id>/<step> of one of your jobs that saved one (GET "
+    "/v1/jobs/<id>/checkpoints lists them)"
+)
+DATASET_AS_MODEL = (
+    "dataset:<id> names a JSONL dataset, not a model; fix: use checkpoint:<job id>[/<step>], a "
+    "Hugging Face id or an absolute path under RLAD_MODEL_ROOTS"
+)
+CHECKPOINT_AS_DATASET = (
+    "checkpoint:<job id> names a model, not a dataset; fix: upload the JSONL file with POST "
+    "/v1/datasets and use dataset:<id>"
+)
 
 
 class _Refused(Exception):
@@ -189,7 +201,8 @@ def hf_cache_dir(repo_id: str) -> str:
         raise FileNotFoundError(
             f"model {repo_id!r} is not in this worker's Hugging Face cache (the workers are offline); fix: download "
             f"it into the workers' cache (HF_HOME) on a machine that is online, e.g. `hf download {repo_id}`, or put "
-            "the model directory under a directory in RLAD_MODEL_ROOTS and name it by its absolute path") from None
+            "the model directory under a directory in RLAD_MODEL_ROOTS and name it by its absolute path"
+        ) from None
 
 
 def _local(session: Session, team_id: str, field: str, value: str, store: ResultStore, settings: Settings) -> str:
@@ -206,23 +219,28 @@ def _local(session: Session, team_id: str, field: str, value: str, store: Result
             raise FileNotFoundError(f"{field}: {exc.message}") from None
         path = store.checkpoint_dir(location)
         if not path.is_dir():
-            raise FileNotFoundError(f"{field}: {value} is recorded but its directory is missing from the result store; "
-                                    "fix: use another checkpoint of that job")
+            raise FileNotFoundError(
+                f"{field}: {value} is recorded but its directory is missing from the result store; "
+                "fix: use another checkpoint of that job"
+            )
         return str(path)
     if field != TASK_PATH and not value.startswith(DATASET_SCHEME) and HF_ID.fullmatch(value) and ".." not in value:
         return hf_cache_dir(value)
     real = readable_path(value, settings)
     if real is None:
-        exc = _path_refused(field)
-        raise ConfigError([(exc.field, exc.message)])
+        refused = _path_refused(field)
+        raise ConfigError([(refused.field, refused.message)])
     if not os.path.exists(real):  # under the roots: saying so reveals nothing the team may not read
-        raise FileNotFoundError(f"{field}: {value} does not exist on this worker; fix: put it there (the workers "
-                                "must see the same paths under RLAD_MODEL_ROOTS) or name another one")
+        raise FileNotFoundError(
+            f"{field}: {value} does not exist on this worker; fix: put it there (the workers "
+            "must see the same paths under RLAD_MODEL_ROOTS) or name another one"
+        )
     return real
 
 
-def localize_refs(session: Session, *, team_id: str, spec: dict[str, Any], store: ResultStore,
-                  settings: Settings) -> dict[str, Any]:
+def localize_refs(
+    session: Session, *, team_id: str, spec: dict[str, Any], store: ResultStore, settings: Settings
+) -> dict[str, Any]:
     """A copy of the resolved `spec` whose models and dataset are local paths for this run: dataset:<id> ->
     the uploaded file, checkpoint:<job>[/<step>] -> the checkpoint directory in the result store (still a
     job of the team), an absolute path -> its real path (checked against the roots again: a symlink may have

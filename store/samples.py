@@ -18,12 +18,22 @@ def write_samples(session: Session, *, job_id: str, step: int, rows: Sequence[Ma
     """Add `rows` ({"prompt", "completion", "reward", "correct", "eval"}) and drop all but the newest `KEEP`."""
     if not rows:
         return
-    session.add_all(JobSample(job_id=job_id, step=step, eval=bool(r.get("eval", False)),
-                              prompt=str(r.get("prompt", ""))[:MAX_TEXT], completion=str(r.get("completion", ""))[:MAX_TEXT],
-                              reward=_float(r.get("reward")), correct=_bool(r.get("correct"))) for r in rows)
+    session.add_all(
+        JobSample(
+            job_id=job_id,
+            step=step,
+            eval=bool(r.get("eval", False)),
+            prompt=str(r.get("prompt", ""))[:MAX_TEXT],
+            completion=str(r.get("completion", ""))[:MAX_TEXT],
+            reward=_float(r.get("reward")),
+            correct=_bool(r.get("correct")),
+        )
+        for r in rows
+    )
     session.flush()
-    oldest_kept = session.scalar(select(JobSample.id).where(JobSample.job_id == job_id)
-                                 .order_by(JobSample.id.desc()).offset(KEEP - 1).limit(1))
+    oldest_kept = session.scalar(
+        select(JobSample.id).where(JobSample.job_id == job_id).order_by(JobSample.id.desc()).offset(KEEP - 1).limit(1)
+    )
     if oldest_kept is not None:
         session.execute(delete(JobSample).where(JobSample.job_id == job_id, JobSample.id < oldest_kept))
 

@@ -22,16 +22,22 @@ def create_session(session: Session, *, team_id: str, ttl_s: float) -> str:
     now = utcnow()
     session.execute(delete(UiSession).where(UiSession.expires_at < now))  # expired sign-ins are never read again
     token = secrets.token_urlsafe(32)
-    session.add(UiSession(token_hash=hash_token(token), team_id=team_id, created_at=now,
-                          expires_at=now + timedelta(seconds=ttl_s)))
+    session.add(
+        UiSession(
+            token_hash=hash_token(token), team_id=team_id, created_at=now, expires_at=now + timedelta(seconds=ttl_s)
+        )
+    )
     session.flush()
     return token
 
 
 def team_for_session(session: Session, *, token: str) -> Team | None:
     """The team of an unexpired sign-in, else None."""
-    return session.scalar(select(Team).join(UiSession, UiSession.team_id == Team.id)
-                          .where(UiSession.token_hash == hash_token(token), UiSession.expires_at > utcnow()))
+    return session.scalar(
+        select(Team)
+        .join(UiSession, UiSession.team_id == Team.id)
+        .where(UiSession.token_hash == hash_token(token), UiSession.expires_at > utcnow())
+    )
 
 
 def delete_session(session: Session, *, token: str) -> None:

@@ -19,54 +19,104 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("rlad-data"), description="embedded deployment: everything lives here")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir")
-    broker_url: str | None = Field(default=None, description="Celery broker; default: kombu filesystem broker in data_dir")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; default: kombu filesystem broker in data_dir"
+    )
     result_root: Path | None = Field(default=None, description="result store directory; default: data_dir/results")
 
     # jobs
     default_queue: str = Field(default="gpu", description="Celery queue jobs are sent to")
-    max_attempts: int = Field(default=3, ge=1, description="a lost job is re-queued until it has been lost this many "
-                              "times (attempts a stopping worker released do not count)")
-    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often a worker writes a running job's heartbeat")
-    heartbeat_timeout_s: float = Field(default=120.0, gt=0, description="a running job whose heartbeat is older is lost")
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="a lost job is re-queued until it has been lost this many "
+        "times (attempts a stopping worker released do not count)",
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, description="how often a worker writes a running job's heartbeat"
+    )
+    heartbeat_timeout_s: float = Field(
+        default=120.0, gt=0, description="a running job whose heartbeat is older is lost"
+    )
     reaper_interval_s: float = Field(default=30.0, gt=0, description="how often Celery beat runs the reaper")
-    redispatch_after_s: float = Field(default=600.0, gt=0, description="a job still queued this long after its id was "
-                                      "sent is sent again (a message lost by the broker); duplicates are harmless")
+    redispatch_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a job still queued this long after its id was "
+        "sent is sent again (a message lost by the broker); duplicates are harmless",
+    )
     cancel_poll_s: float = Field(default=0.5, gt=0, description="how often the supervisor checks the cancel flag")
-    cancel_grace_s: float = Field(default=300.0, ge=0, description="SIGTERM -> SIGKILL grace: the trainer stops at "
-                                  "the next step boundary and writes a final checkpoint; allow one step plus a save")
-    metrics_flush_s: float = Field(default=1.0, ge=0, description="the trainer writes buffered metrics at least this often")
-    db_retry_max_s: float = Field(default=10.0, gt=0, description="workers retry a database call that failed on the "
-                                  "connection with backoff up to this many seconds apart, for as long as the database "
-                                  "is away: an outage shorter than the heartbeat timeout costs a running job nothing")
-    shutdown_grace_s: float = Field(default=120.0, ge=0, description="a worker told to stop (SIGTERM) gives its job this "
-                                    "long to checkpoint before it releases the job to the queue (compose's "
-                                    "stop_grace_period must be longer)")
-    disk_reserve_bytes: int = Field(default=0, ge=0, description="a checkpoint is written only if the result store keeps "
-                                    "at least this much free beside it; otherwise the job waits (disk_full event) "
-                                    "until space is freed")
-    disk_full_poll_s: float = Field(default=10.0, gt=0, description="how often a job waiting for disk space checks again")
+    cancel_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="SIGTERM -> SIGKILL grace: the trainer stops at "
+        "the next step boundary and writes a final checkpoint; allow one step plus a save",
+    )
+    metrics_flush_s: float = Field(
+        default=1.0, ge=0, description="the trainer writes buffered metrics at least this often"
+    )
+    db_retry_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="workers retry a database call that failed on the "
+        "connection with backoff up to this many seconds apart, for as long as the database "
+        "is away: an outage shorter than the heartbeat timeout costs a running job nothing",
+    )
+    shutdown_grace_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="a worker told to stop (SIGTERM) gives its job this "
+        "long to checkpoint before it releases the job to the queue (compose's "
+        "stop_grace_period must be longer)",
+    )
+    disk_reserve_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="a checkpoint is written only if the result store keeps "
+        "at least this much free beside it; otherwise the job waits (disk_full event) "
+        "until space is freed",
+    )
+    disk_full_poll_s: float = Field(
+        default=10.0, gt=0, description="how often a job waiting for disk space checks again"
+    )
 
     # API
-    job_cache_ttl_s: float = Field(default=1.0, ge=0, description="GET /v1/jobs/{id} answers from a per-process cache "
-                                   "this fresh (many pollers of one job cost one query a second); 0 disables")
+    job_cache_ttl_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="GET /v1/jobs/{id} answers from a per-process cache "
+        "this fresh (many pollers of one job cost one query a second); 0 disables",
+    )
 
     # what jobs may read
-    model_roots: list[Path] = Field(default_factory=list, description="directories whose models and datasets a job "
-                                    "may name by absolute path (JSON list, e.g. [\"/models\"]); anything else must "
-                                    "be a Hugging Face id in the workers' local cache, dataset:<id> or "
-                                    "checkpoint:<job>[/<step>]. The result store is never readable by path")
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories whose models and datasets a job "
+        'may name by absolute path (JSON list, e.g. ["/models"]); anything else must '
+        "be a Hugging Face id in the workers' local cache, dataset:<id> or "
+        "checkpoint:<job>[/<step>]. The result store is never readable by path",
+    )
 
     # limits
     max_json_bytes: int = Field(default=1024 * 1024, gt=0, description="largest JSON request body (413 beyond it)")
-    max_active_jobs_per_team: int = Field(default=100, ge=1, description="a team's jobs queued or running at once; "
-                                          "a submission beyond it gets 429")
-    ui_session_ttl_s: float = Field(default=12 * 3600, gt=0, description="a dashboard sign-in lasts this long; "
-                                    "signing out ends it on the server at once")
-    cookie_secure: bool = Field(default=True, description="the dashboard's sign-in cookie is Secure (sent over HTTPS "
-                                "and to localhost only); false only behind plain HTTP on a trusted network")
+    max_active_jobs_per_team: int = Field(
+        default=100, ge=1, description="a team's jobs queued or running at once; a submission beyond it gets 429"
+    )
+    ui_session_ttl_s: float = Field(
+        default=12 * 3600,
+        gt=0,
+        description="a dashboard sign-in lasts this long; signing out ends it on the server at once",
+    )
+    cookie_secure: bool = Field(
+        default=True,
+        description="the dashboard's sign-in cookie is Secure (sent over HTTPS "
+        "and to localhost only); false only behind plain HTTP on a trusted network",
+    )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0, description="largest dataset upload")
     max_page_size: int = Field(default=200, ge=1, description="largest `limit` of a list request")
-    max_metric_points: int = Field(default=10_000, ge=1, description="largest `max_points` per key of a metrics request")
+    max_metric_points: int = Field(
+        default=10_000, ge=1, description="largest `max_points` per key of a metrics request"
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -57,8 +57,9 @@ def check(current: JobStatus, target: JobStatus) -> None:
         raise InvalidTransition(current.value, target.value)
 
 
-def transition(session: Session, job: Job, target: JobStatus, *, event: EventKind | None = None,
-               **data: Any) -> JobEvent:
+def transition(
+    session: Session, job: Job, target: JobStatus, *, event: EventKind | None = None, **data: Any
+) -> JobEvent:
     """Move `job` to `target` and add the transition's event (kind `event` or the default for `target`)."""
     check(job.status, target)
     now = utcnow()

@@ -37,7 +37,8 @@ def create_api_key(session: Session, *, team_name: str) -> str:
 
 def team_for_key(session: Session, *, key: str) -> Team | None:
     row = session.execute(
-        select(Team).join(ApiKey, ApiKey.team_id == Team.id)
+        select(Team)
+        .join(ApiKey, ApiKey.team_id == Team.id)
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     ).scalar_one_or_none()
     return row

@@ -19,8 +19,11 @@ from store.models import Job, JobStatus, Worker, utcnow
 def worker_heartbeat(session: Session, *, name: str, queues: list[str], pid: int, devices: int = 0) -> None:
     row = session.get(Worker, name)
     if row is None or row.pid != pid:  # new, or the node restarted under the same name
-        session.merge(Worker(name=name, queues=",".join(queues), pid=pid, devices=devices, started_at=utcnow(),
-                             heartbeat_at=utcnow()))
+        session.merge(
+            Worker(
+                name=name, queues=",".join(queues), pid=pid, devices=devices, started_at=utcnow(), heartbeat_at=utcnow()
+            )
+        )
     else:
         row.heartbeat_at = utcnow()
         row.queues = ",".join(queues)
@@ -53,10 +56,15 @@ def list_workers(session: Session, *, timeout_s: float, forget_after_s: float = 
     """Workers seen in the last `forget_after_s`, with the job each runs (a job of an active status whose
     `worker` is the node)."""
     now = utcnow()
-    rows = session.scalars(select(Worker).where(Worker.heartbeat_at >= now - timedelta(seconds=forget_after_s))
-                           .order_by(Worker.name)).all()
-    running = {w: (j, t) for j, t, w in session.execute(
-        select(Job.id, Job.team_id, Job.worker).where(Job.status.in_(states.ACTIVE), Job.worker.is_not(None)))}
+    rows = session.scalars(
+        select(Worker).where(Worker.heartbeat_at >= now - timedelta(seconds=forget_after_s)).order_by(Worker.name)
+    ).all()
+    running = {
+        w: (j, t)
+        for j, t, w in session.execute(
+            select(Job.id, Job.team_id, Job.worker).where(Job.status.in_(states.ACTIVE), Job.worker.is_not(None))
+        )
+    }
     out = []
     for w in rows:
         age = (now - w.heartbeat_at).total_seconds()

@@ -40,12 +40,24 @@ def warm_dirs(tmp_path_factory, tiny_dirs) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("warm")
     out = {}
     for role, steps in (("teacher", 300), ("student", 100)):
-        cfg = parse_config({
-            "method": "sft", "sft_source": "reference", "student": str(tiny_dirs[role]),
-            "task": {"name": "arithmetic", "levels": [1]}, "steps": steps, "batch_size": 32, "group_size": 4,
-            "max_new_tokens": 24, "lr": 3e-3, "eval_every": 0, "checkpoint_every": 0, "seed": 0,
-            "output_dir": str(root / role), "log_samples": 0,
-        })
+        cfg = parse_config(
+            {
+                "method": "sft",
+                "sft_source": "reference",
+                "student": str(tiny_dirs[role]),
+                "task": {"name": "arithmetic", "levels": [1]},
+                "steps": steps,
+                "batch_size": 32,
+                "group_size": 4,
+                "max_new_tokens": 24,
+                "lr": 3e-3,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+                "seed": 0,
+                "output_dir": str(root / role),
+                "log_samples": 0,
+            }
+        )
         out[role] = train(cfg).checkpoint
     return out
 
@@ -61,11 +73,14 @@ def small_disk(tmp_path) -> Iterator[Callable[[int], Path]]:
             pytest.skip("no `mount` command: cannot make a small file system to fill")
         target = tmp_path / f"disk{len(mounted)}"
         target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)], capture_output=True, text=True
+        )
         if done.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.strip() or done.returncode}); "
-                        "the disk-full tests need root or CAP_SYS_ADMIN")
+            pytest.skip(
+                f"mounting a tmpfs is not permitted here ({done.stderr.strip() or done.returncode}); "
+                "the disk-full tests need root or CAP_SYS_ADMIN"
+            )
         mounted.append(target)
         return target
 

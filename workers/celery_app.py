@@ -56,8 +56,14 @@ _node: dict[str, Any] = {}
 
 @signals.celeryd_after_setup.connect
 def _remember_node(sender: str, instance: Any, **_: Any) -> None:
-    _node.update(name=sender, queues=sorted(instance.app.amqp.queues.consume_from), pid=os.getpid(),
-                 stop=threading.Event(), instance=instance, devices=0)
+    _node.update(
+        name=sender,
+        queues=sorted(instance.app.amqp.queues.consume_from),
+        pid=os.getpid(),
+        stop=threading.Event(),
+        instance=instance,
+        devices=0,
+    )
 
 
 @signals.worker_ready.connect
@@ -70,8 +76,13 @@ def cuda_devices() -> int:
     """CUDA devices this node's jobs can use, asked of a separate interpreter: CUDA is never initialised in the
     Celery process (its children are forked)."""
     try:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                             capture_output=True, text=True, timeout=120, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
         return int(out.strip().splitlines()[-1])
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         log.warning("could not count this node's CUDA devices; advertising none", exc_info=True)
@@ -83,8 +94,9 @@ def _beat() -> None:
     while True:
         try:
             with session_scope() as s:
-                worker_store.worker_heartbeat(s, name=_node["name"], queues=_node["queues"], pid=_node["pid"],
-                                              devices=_node["devices"])
+                worker_store.worker_heartbeat(
+                    s, name=_node["name"], queues=_node["queues"], pid=_node["pid"], devices=_node["devices"]
+                )
         except Exception:  # the database is away for a moment: try again next beat
             log.warning("worker heartbeat failed", exc_info=True)
         if _node["stop"].wait(settings.heartbeat_interval_s):

@@ -68,8 +68,14 @@ class JobReporter(Reporter):
             retry_unavailable(mark, what=f"job {self.job_id}: {kind}")
         elif kind in ("eval_completed", "step_skipped", "disk_full"):
             if kind == "disk_full":
-                log.warning("job %s: checkpoint of step %s waits for disk space: %s bytes needed, %s free at %s",
-                            self.job_id, data.get("step"), data.get("needed_bytes"), data.get("free_bytes"), data.get("path"))
+                log.warning(
+                    "job %s: checkpoint of step %s waits for disk space: %s bytes needed, %s free at %s",
+                    self.job_id,
+                    data.get("step"),
+                    data.get("needed_bytes"),
+                    data.get("free_bytes"),
+                    data.get("path"),
+                )
             self.pending_events.append((kind, dict(data)))  # after the metrics of its step, in one transaction
             self.flush()
         elif kind in ("finished", "stopped", "failed"):
@@ -81,19 +87,34 @@ class JobReporter(Reporter):
         location = self.store.checkpoint_location(self.job_id, step)
         on_disk = {int(p.name.removeprefix("step-")) for p in list_checkpoints(path.parent)}
         manifest_sha256 = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
-        if retry_unavailable(lambda: self._record_checkpoint(step, location, files, manifest_sha256, metrics, on_disk),
-                             what=f"job {self.job_id}: record checkpoint {step}"):
+        if retry_unavailable(
+            lambda: self._record_checkpoint(step, location, files, manifest_sha256, metrics, on_disk),
+            what=f"job {self.job_id}: record checkpoint {step}",
+        ):
             log.info("job %s: checkpoint step %d recorded", self.job_id, step)
 
-    def _record_checkpoint(self, step: int, location: str, files: list[Path], manifest_sha256: str,
-                           metrics: Mapping[str, float], on_disk: set[int]) -> bool:
+    def _record_checkpoint(
+        self,
+        step: int,
+        location: str,
+        files: list[Path],
+        manifest_sha256: str,
+        metrics: Mapping[str, float],
+        on_disk: set[int],
+    ) -> bool:
         with session_scope() as s:
             if (job := self._held(s)) is None:
                 return False
             ckpt_store.record_checkpoint(
-                s, job_id=self.job_id, step=step, kind="final" if step == self.total_steps else "periodic",
-                location=location, bytes=sum(p.stat().st_size for p in files),
-                sha256=manifest_sha256, metrics=dict(metrics))
+                s,
+                job_id=self.job_id,
+                step=step,
+                kind="final" if step == self.total_steps else "periodic",
+                location=location,
+                bytes=sum(p.stat().st_size for p in files),
+                sha256=manifest_sha256,
+                metrics=dict(metrics),
+            )
             # keep_checkpoints: the trainer pruned older ones; forget their rows
             known = [c.step for c in ckpt_store.list_checkpoints(s, job_id=self.job_id)]
             ckpt_store.forget_checkpoints(s, job_id=self.job_id, steps=[k for k in known if k not in on_disk | {step}])
@@ -105,8 +126,9 @@ class JobReporter(Reporter):
         retry_unavailable(self._write, what=f"job {self.job_id}: write metrics")
 
     def heartbeat(self, step: int) -> None:
-        if (self.pending or self.pending_samples or self.pending_events) and \
-                time.monotonic() - self.last_flush >= self.flush_s:
+        if (
+            self.pending or self.pending_samples or self.pending_events
+        ) and time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
 
     def should_stop(self) -> bool:
@@ -136,8 +158,11 @@ class JobReporter(Reporter):
             if not is_unavailable(exc):
                 raise
             if not self.db_delay_s:
-                log.warning("job %s: the database is unavailable (%s); training goes on, metrics stay buffered",
-                            self.job_id, type(exc).__name__)
+                log.warning(
+                    "job %s: the database is unavailable (%s); training goes on, metrics stay buffered",
+                    self.job_id,
+                    type(exc).__name__,
+                )
             self.db_delay_s = min(max(2 * self.db_delay_s, 0.5), 10.0)
             return
         if self.db_delay_s:
@@ -154,7 +179,12 @@ class JobReporter(Reporter):
                     sample_store.write_samples(s, job_id=self.job_id, step=step, rows=sample_rows)
                 for kind, data in events:
                     states.add_event(s, job, EventKind(kind), **data)
-                job_store.record_progress(s, job_id=self.job_id, attempt=self.attempt, last_step=self.last_step,
-                                          seconds_per_step=self.seconds_per_step)
+                job_store.record_progress(
+                    s,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    last_step=self.last_step,
+                    seconds_per_step=self.seconds_per_step,
+                )
         # committed (or no longer ours to write): what was taken is done; the trainer is single-threaded
-        del self.pending[:len(rows)], self.pending_samples[:len(samples)], self.pending_events[:len(events)]
+        del self.pending[: len(rows)], self.pending_samples[: len(samples)], self.pending_events[: len(events)]

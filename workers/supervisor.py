@@ -86,22 +86,25 @@ def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:
 
     with ShutdownRequest() as shutdown:  # from before the claim: a stop request never finds a job half-taken
         if shutdown.requested:
-            return _hand_back(job_id)
+            _hand_back(job_id)
+            return None
         attempt = retry_unavailable(claim, what=f"job {job_id}: claim")
         if attempt is None:
             log.info("job %s: nothing to claim (cancelled, or claimed by another worker); message dropped", job_id)
             return None
         log.info("job %s: claimed, attempt %d", job_id, attempt)
-        proc = subprocess.Popen([sys.executable, "-m", "workers.trainer_process", job_id, str(attempt)],
-                                start_new_session=True,  # its own process group: signals reach its children too
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.trainer_process", job_id, str(attempt)],
+            start_new_session=True,  # its own process group: signals reach its children too
+            preexec_fn=_die_with_parent,
+        )
         code, cancelled = _watch(proc, job_id, attempt, shutdown)
         if shutdown.requested:
             return _release(job_id, attempt, code)
     return _record_exit(job_id, attempt, code, cancelled=cancelled)
 
 
-def _watch(proc: subprocess.Popen, job_id: str, attempt: int, shutdown: ShutdownRequest) -> tuple[int, bool]:
+def _watch(proc: subprocess.Popen[bytes], job_id: str, attempt: int, shutdown: ShutdownRequest) -> tuple[int, bool]:
     """Heartbeats, the cancel flag and the stop request until the trainer exits: (exit code, cancelled)."""
     settings = get_settings()
     term_sent_at: float | None = None  # SIGTERM sent to the trainer (cancel or shutdown) at this time
@@ -142,8 +145,9 @@ def _watch(proc: subprocess.Popen, job_id: str, attempt: int, shutdown: Shutdown
                 raise
             # the trainer is healthy and keeps training; the database is tried again with backoff
             if db_delay == 0.5:
-                log.warning("job %s: the database is unavailable (%s); the trainer keeps running", job_id,
-                            type(exc).__name__)
+                log.warning(
+                    "job %s: the database is unavailable (%s); the trainer keeps running", job_id, type(exc).__name__
+                )
             next_db_at, db_delay = now + db_delay, min(db_delay * 2, settings.db_retry_max_s)
             continue
         if db_delay > 0.5:
@@ -167,7 +171,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _signal(proc: subprocess.Popen, sig: int) -> None:
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
@@ -202,8 +206,9 @@ def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
 
     def release() -> tuple[JobStatus | None, str | None]:
         with session_scope() as session:
-            job = job_store.release_job(session, job_id=job_id, attempt=attempt,
-                                        reason=f"worker stopping (trainer exit code {code})")
+            job = job_store.release_job(
+                session, job_id=job_id, attempt=attempt, reason=f"worker stopping (trainer exit code {code})"
+            )
             if job is None:
                 return job_store.status_of(session, job_id=job_id), None
             return job.status, job.queue if job.status == S.queued else None
@@ -213,7 +218,9 @@ def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
         _dispatch(job_id, queue)
         log.info("job %s: attempt %d released to queue %s (the worker is stopping)", job_id, attempt, queue)
     else:
-        log.info("job %s: attempt %d ended %s while the worker stopped", job_id, attempt, status.value if status else "-")
+        log.info(
+            "job %s: attempt %d ended %s while the worker stopped", job_id, attempt, status.value if status else "-"
+        )
     return status
 
 
@@ -230,11 +237,18 @@ def _record_exit(job_id: str, attempt: int, code: int, *, cancelled: bool) -> Jo
                 job = job_store.finish_job(session, job_id=job_id, attempt=attempt, outcome=S.cancelled, exit_code=code)
             elif code < 0:
                 reason = f"trainer killed by signal {-code} ({signal.Signals(-code).name})"
-                job = job_store.finish_job(session, job_id=job_id, attempt=attempt, outcome=S.lost, error_message=reason)
+                job = job_store.finish_job(
+                    session, job_id=job_id, attempt=attempt, outcome=S.lost, error_message=reason
+                )
             else:
                 job = job_store.finish_job(
-                    session, job_id=job_id, attempt=attempt, outcome=S.failed, error_code="trainer_exit",
-                    error_message=f"the trainer process exited with code {code} without a result; see the worker log")
+                    session,
+                    job_id=job_id,
+                    attempt=attempt,
+                    outcome=S.failed,
+                    error_code="trainer_exit",
+                    error_message=f"the trainer process exited with code {code} without a result; see the worker log",
+                )
             return job.status if job else None
 
     outcome = retry_unavailable(record, what=f"job {job_id}: record the end of attempt {attempt}")

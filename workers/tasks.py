@@ -26,8 +26,14 @@ def reap() -> int:
     again. Returns how many were dispatched."""
     with session_scope() as session:
         settings = get_settings()
-        requeued = [(j.id, j.queue) for j in reap_jobs(session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
-                                                       redispatch_after_s=settings.redispatch_after_s)]
+        requeued = [
+            (j.id, j.queue)
+            for j in reap_jobs(
+                session,
+                heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                redispatch_after_s=settings.redispatch_after_s,
+            )
+        ]
     for job_id, queue in requeued:
         log.info("job %s: dispatched again (lost, or its message never reached a worker)", job_id)
         dispatch_job(job_id, queue)

@@ -30,8 +30,12 @@ S = JobStatus
 
 # error code for exceptions that retrying cannot fix
 ERROR_CODES: list[tuple[type[BaseException], str]] = [
-    (ConfigError, "invalid_spec"), (DatasetError, "invalid_dataset"), (TokenizerMismatch, "tokenizer_mismatch"),
-    (FileNotFoundError, "not_found"), (NonFiniteError, "non_finite"), (MemoryError, "out_of_memory"),
+    (ConfigError, "invalid_spec"),
+    (DatasetError, "invalid_dataset"),
+    (TokenizerMismatch, "tokenizer_mismatch"),
+    (FileNotFoundError, "not_found"),
+    (NonFiniteError, "non_finite"),
+    (MemoryError, "out_of_memory"),
 ]
 
 
@@ -63,8 +67,13 @@ def run(job_id: str, attempt: int) -> int:
         with session_scope() as s:  # refs -> local paths (store.refs: checked again, HF ids offline)
             spec = refs.localize_refs(s, team_id=team_id, spec=spec, store=store, settings=settings)
         config = parse_config(spec)
-        result = train(config, reporter=reporter, resume_from="auto", disk_reserve_bytes=settings.disk_reserve_bytes,
-                       disk_poll_s=settings.disk_full_poll_s)  # a full result store pauses the job (disk_full)
+        result = train(
+            config,
+            reporter=reporter,
+            resume_from="auto",
+            disk_reserve_bytes=settings.disk_reserve_bytes,
+            disk_poll_s=settings.disk_full_poll_s,
+        )  # a full result store pauses the job (disk_full)
     except BaseException as exc:
         reporter.close()
         code = error_code(exc)

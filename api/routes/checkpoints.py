@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import CallerDep, JobId, ReadSessionDep, StoreDep
 from api.downloads import TarStream
-from api.routes.jobs import E401, E404, E422
+from api.routes.jobs import E401, E404, E422, Responses
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
 from store import checkpoints as ckpt_store
 from store import jobs as job_store
@@ -18,7 +18,9 @@ from store.errors import NotFound
 from store.models import Checkpoint
 
 router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
-E404C = {404: {"model": E404[404]["model"], "description": "no such job for this team, or no such checkpoint"}}
+E404C: Responses = {
+    404: {"model": E404[404]["model"], "description": "no such job for this team, or no such checkpoint"}
+}
 Step = Annotated[int, PathParam(ge=0, le=2**31 - 1)]
 
 
@@ -27,8 +29,15 @@ class LargeFileResponse(FileResponse):
 
 
 def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
-    return CheckpointPublic(step=c.step, kind=c.kind, bytes=c.bytes, sha256=c.sha256, metrics=c.metrics,
-                            created_at=c.created_at, download_url=f"/v1/jobs/{job_id}/checkpoints/{c.step}/download")
+    return CheckpointPublic(
+        step=c.step,
+        kind=c.kind,
+        bytes=c.bytes,
+        sha256=c.sha256,
+        metrics=c.metrics,
+        created_at=c.created_at,
+        download_url=f"/v1/jobs/{job_id}/checkpoints/{c.step}/download",
+    )
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
@@ -43,8 +52,9 @@ def _checkpoint(session: ReadSessionDep, caller: CallerDep, job_id: str, step: i
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
-def checkpoint_detail(job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep,
-                      store: StoreDep) -> CheckpointDetail:
+def checkpoint_detail(
+    job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep
+) -> CheckpointDetail:
     c = _checkpoint(session, caller, job_id, step)
     files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
     return CheckpointDetail(**_public(job_id, c).model_dump(), files=files)
@@ -52,35 +62,54 @@ def checkpoint_detail(job_id: JobId, step: Step, session: ReadSessionDep, caller
 
 @router.get(
     "/{job_id}/checkpoints/{step}/download",
-    responses={200: {"content": {"application/x-tar": {}},
-                     "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256"},
-               **E401, **E404C, **E422},
+    responses={
+        200: {
+            "content": {"application/x-tar": {}},
+            "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256",
+        },
+        **E401,
+        **E404C,
+        **E422,
+    },
 )
-def download(job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep) -> StreamingResponse:
+def download(
+    job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep
+) -> StreamingResponse:
     """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
     c = _checkpoint(session, caller, job_id, step)
     files = store.checkpoint_files(c.location)
     prefix = f"{job_id}-step-{step}"
     tar = TarStream([(f"{prefix}/{f.name}", store.file_path(c.location, f.name)) for f in files])
-    return StreamingResponse(iter(tar), media_type="application/x-tar", headers={
-        "Content-Length": str(tar.length),
-        "Content-Disposition": f'attachment; filename="{prefix}.tar"',
-        "X-Checkpoint-Sha256": c.sha256})
+    return StreamingResponse(
+        iter(tar),
+        media_type="application/x-tar",
+        headers={
+            "Content-Length": str(tar.length),
+            "Content-Disposition": f'attachment; filename="{prefix}.tar"',
+            "X-Checkpoint-Sha256": c.sha256,
+        },
+    )
 
 
 @router.get(
     "/{job_id}/checkpoints/{step}/files/{name:path}",
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"},
-               206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
-               416: {"description": "the Range lies outside the file"},
-               **E401, **E404C, **E422},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        206: {"content": {"application/octet-stream": {}}, "description": "the requested byte range"},
+        416: {"description": "the Range lies outside the file"},
+        **E401,
+        **E404C,
+        **E422,
+    },
 )
-def download_file(job_id: JobId, step: Step, name: str, session: ReadSessionDep, caller: CallerDep,
-                  store: StoreDep) -> LargeFileResponse:
+def download_file(
+    job_id: JobId, step: Step, name: str, session: ReadSessionDep, caller: CallerDep, store: StoreDep
+) -> LargeFileResponse:
     """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
     c = _checkpoint(session, caller, job_id, step)
     files = {f.name: f for f in store.checkpoint_files(c.location)}
     if name not in files:
         raise NotFound("file", f"{name} in checkpoint {step}")
-    return LargeFileResponse(store.file_path(c.location, name), filename=name.rsplit("/", 1)[-1],
-                             headers={"X-Sha256": files[name].sha256})
+    return LargeFileResponse(
+        store.file_path(c.location, name), filename=name.rsplit("/", 1)[-1], headers={"X-Sha256": files[name].sha256}
+    )

@@ -26,15 +26,33 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _public(d: Dataset) -> DatasetPublic:
-    return DatasetPublic(id=d.id, name=d.name, sha256=d.sha256, bytes=d.bytes, lines=d.lines, created_at=d.created_at,
-                         task_path=f"{DATASET_SCHEME}{d.id}")
+    return DatasetPublic(
+        id=d.id,
+        name=d.name,
+        sha256=d.sha256,
+        bytes=d.bytes,
+        lines=d.lines,
+        created_at=d.created_at,
+        task_path=f"{DATASET_SCHEME}{d.id}",
+    )
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, responses={
-    413: {"model": ErrorBody, "description": "the file is larger than the upload limit (RLAD_MAX_UPLOAD_BYTES)"},
-    **E400, **E401, **E422})
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    responses={
+        413: {"model": ErrorBody, "description": "the file is larger than the upload limit (RLAD_MAX_UPLOAD_BYTES)"},
+        **E400,
+        **E401,
+        **E422,
+    },
+)
 def upload(
-    session: SessionDep, caller: CallerDep, settings: SettingsDep, store: StoreDep,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    store: StoreDep,
     file: Annotated[UploadFile, File(description='JSONL: one {"prompt": ..., "answer": ...} per line')],
     name: Annotated[str | None, Form(max_length=200, pattern=PRINTABLE_PATTERN)] = None,
 ) -> DatasetPublic:
@@ -45,8 +63,10 @@ def upload(
         while chunk := file.file.read(1 << 20):
             size += len(chunk)
             if size > limit:
-                raise TooLarge(f"the upload is larger than {limit} bytes; fix: split the dataset or raise "
-                               "RLAD_MAX_UPLOAD_BYTES on the server")
+                raise TooLarge(
+                    f"the upload is larger than {limit} bytes; fix: split the dataset or raise "
+                    "RLAD_MAX_UPLOAD_BYTES on the server"
+                )
             digest.update(chunk)
             tmp.write(chunk)
         source = file.filename or "upload.jsonl"
@@ -59,8 +79,15 @@ def upload(
         location = store.put_dataset(caller.team_id, digest.hexdigest(), iter(lambda: tmp.read(1 << 20), b""))
     # the file name is the client's text: no control characters (PostgreSQL refuses a NUL) and a bounded length
     default_name = _CONTROL.sub("", os.path.basename(source))[:200] or "upload.jsonl"
-    ds = ds_store.record_dataset(session, team_id=caller.team_id, name=name or default_name,
-                                 sha256=digest.hexdigest(), bytes=size, lines=len(examples), location=location)
+    ds = ds_store.record_dataset(
+        session,
+        team_id=caller.team_id,
+        name=name or default_name,
+        sha256=digest.hexdigest(),
+        bytes=size,
+        lines=len(examples),
+        location=location,
+    )
     log.info("dataset %s: %d examples uploaded by team %s", ds.id, len(examples), caller.team_name)
     return _public(ds)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -28,11 +29,12 @@ def healthz() -> Health:
 
 
 def _check_broker() -> None:
-    from kombu import Connection
+    from kombu import Connection  # type: ignore[attr-defined]  # kombu's re-export, untyped
 
     opts = broker_options(get_settings())
-    with Connection(opts["broker_url"], transport_options=opts.get("broker_transport_options", {}),
-                    connect_timeout=2) as conn:
+    with Connection(  # type: ignore[no-untyped-call]
+        opts["broker_url"], transport_options=opts.get("broker_transport_options", {}), connect_timeout=2
+    ) as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
@@ -54,21 +56,27 @@ async def readyz() -> Response:
             log.warning("readiness: %s unavailable", name, exc_info=True)
             checks[name] = "unavailable"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse(Health(status="ok" if ok else "unavailable", checks=checks).model_dump(),
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        Health(status="ok" if ok else "unavailable", checks=checks).model_dump(), status_code=200 if ok else 503
+    )
 
 
 class _JobCollector:
-    def collect(self):  # noqa: ANN201
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("rlad_jobs", "jobs by status and queue", labels=["status", "queue"])
         with session_scope() as s:
-            for status, queue, n in s.execute(select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue)):
+            for status, queue, n in s.execute(
+                select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue)
+            ):
                 g.add_metric([status.value, queue], n)
         yield g
 
 
-@router.get("/metrics", response_class=PlainTextResponse,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
 def prometheus() -> Response:
     """Jobs by status and queue, for Prometheus."""
     registry = CollectorRegistry()

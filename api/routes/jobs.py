@@ -25,15 +25,24 @@ from store.settings import get_settings
 log = logging.getLogger("rlad.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-E401 = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
-E404 = {404: {"model": ErrorBody, "description": "no such job for this team"}}
-E400 = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
-E422 = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
-E413 = {413: {"model": ErrorBody, "description": "the body is larger than the server's limit"}}
-E415 = {415: {"model": ErrorBody, "description": "the body is not JSON (Content-Type must be application/json)"}}
-E429 = {429: {"model": ErrorBody, "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running; "
-                                                 "retry after `Retry-After` seconds",
-              "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+# OpenAPI `responses` entries shared by the routes
+Responses = dict[int | str, dict[str, Any]]
+E401: Responses = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
+E404: Responses = {404: {"model": ErrorBody, "description": "no such job for this team"}}
+E400: Responses = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
+E422: Responses = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
+E413: Responses = {413: {"model": ErrorBody, "description": "the body is larger than the server's limit"}}
+E415: Responses = {
+    415: {"model": ErrorBody, "description": "the body is not JSON (Content-Type must be application/json)"}
+}
+E429: Responses = {
+    429: {
+        "model": ErrorBody,
+        "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running; "
+        "retry after `Retry-After` seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+}
 
 
 async def json_body(request: Request) -> None:
@@ -60,6 +69,7 @@ def _nul_field(value: Any, path: str = "") -> str | None:
             return found
     return None
 
+
 _SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
 _SPEC_DEFS = _SPEC_SCHEMA.pop("$defs", {})
 
@@ -67,37 +77,72 @@ _SPEC_DEFS = _SPEC_SCHEMA.pop("$defs", {})
 def job_public(session: Session, job: Job) -> JobPublic:
     p = job_store.progress(job)
     return JobPublic(
-        id=job.id, name=job.name, method=job.method, status=job.status, is_terminal=states.is_terminal(job.status),
-        attempt=job.attempt, max_attempts=job.max_attempts, queue=job.queue,
-        queue_position=job_store.queue_position(session, job=job), steps_done=job.last_step,
-        total_steps=job.total_steps, eta_s=p.eta_s, heartbeat_age_s=p.heartbeat_age_s, worker=job.worker,
-        error_code=job.error_code, error_message=job.error_message, created_at=job.created_at,
-        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at, spec=job.spec,
-        spec_resolved=job.spec_resolved)
+        id=job.id,
+        name=job.name,
+        method=job.method,
+        status=job.status,
+        is_terminal=states.is_terminal(job.status),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        queue=job.queue,
+        queue_position=job_store.queue_position(session, job=job),
+        steps_done=job.last_step,
+        total_steps=job.total_steps,
+        eta_s=p.eta_s,
+        heartbeat_age_s=p.heartbeat_age_s,
+        worker=job.worker,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        spec=job.spec,
+        spec_resolved=job.spec_resolved,
+    )
 
 
 @router.post(
-    "", status_code=202, response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "the job this Idempotency-Key already created"},
-               409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
-               **E400, **E401, **E413, **E415, **E422, **E429},
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "the job this Idempotency-Key already created"},
+        409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
+        **E400,
+        **E401,
+        **E413,
+        **E415,
+        **E422,
+        **E429,
+    },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _SPEC_SCHEMA}}}},
     dependencies=[Depends(json_body)],
 )
 def submit(
-    session: SessionDep, caller: CallerDep, settings: SettingsDep, response: Response,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    response: Response,
     spec: Annotated[dict[str, Any], Body()],
-    idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x20-\x7e]+$",
-                                                  description="same key + same body = same job")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, pattern=r"^[\x20-\x7e]+$", description="same key + same body = same job")
+    ] = None,
 ) -> JobPublic:
     """Queue a distillation job. The body is the job spec (rlad_core's TrainConfig, as JSON). A team has at
     most `RLAD_MAX_ACTIVE_JOBS_PER_TEAM` jobs queued or running at once (429 beyond it)."""
     nul = _nul_field(spec)
     if nul is not None:
         raise InvalidSpec([(nul, "contains a NUL character; fix: remove it")])
-    job, created = job_store.submit_job(session, team_id=caller.team_id, spec=spec, idempotency_key=idempotency_key,
-                                        queue=settings.default_queue, max_attempts=settings.max_attempts,
-                                        max_active=settings.max_active_jobs_per_team)
+    job, created = job_store.submit_job(
+        session,
+        team_id=caller.team_id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        queue=settings.default_queue,
+        max_attempts=settings.max_attempts,
+        max_active=settings.max_active_jobs_per_team,
+    )
     if not created:
         response.status_code = 200
         return job_public(session, job)
@@ -113,18 +158,31 @@ def submit(
 
 @router.get("", response_model=JobList, responses={**E401, **E422})
 def list_jobs(
-    session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
-    after: Annotated[str | None, Query(max_length=64, pattern=JOB_ID_PATTERN,
-                                       description="`next_after` of the previous page (a job id)")] = None,
+    session: ReadSessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, pattern=JOB_ID_PATTERN, description="`next_after` of the previous page (a job id)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     status: Annotated[list[JobStatus] | None, Query(description="filter; repeat for several")] = None,
     method: Annotated[list[QueryText] | None, Query(description="filter; repeat for several")] = None,
 ) -> JobList:
     """The team's jobs, newest first, a page at a time."""
-    rows, has_more = job_store.list_jobs(session, team_id=caller.team_id, after=after,
-                                         limit=min(limit, settings.max_page_size), status=status, method=method)
-    return JobList(items=[job_public(session, j) for j in rows], has_more=has_more,
-                   next_after=rows[-1].id if has_more and rows else None)
+    rows, has_more = job_store.list_jobs(
+        session,
+        team_id=caller.team_id,
+        after=after,
+        limit=min(limit, settings.max_page_size),
+        status=status,
+        method=method,
+    )
+    return JobList(
+        items=[job_public(session, j) for j in rows],
+        has_more=has_more,
+        next_after=rows[-1].id if has_more and rows else None,
+    )
 
 
 class _JobCache:
@@ -177,7 +235,9 @@ job_cache = _JobCache()
 
 def _job_json(job_id: str, team_id: str) -> bytes:
     with read_session() as session:
-        return job_public(session, job_store.get_job(session, team_id=team_id, job_id=job_id)).model_dump_json().encode()
+        return (
+            job_public(session, job_store.get_job(session, team_id=team_id, job_id=job_id)).model_dump_json().encode()
+        )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={**E401, **E404})
@@ -202,11 +262,14 @@ def cancel(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=EventList, responses={**E401, **E404, **E422})
 def events(
-    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
+    job_id: JobId,
+    session: ReadSessionDep,
+    caller: CallerDep,
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     rows = job_store.list_events(session, job_id=job_id, after=after, limit=limit)
-    return EventList(items=[EventPublic(id=e.id, kind=e.kind, attempt=e.attempt, data=e.data, created_at=e.created_at)
-                            for e in rows])
+    return EventList(
+        items=[EventPublic(id=e.id, kind=e.kind, attempt=e.attempt, data=e.data, created_at=e.created_at) for e in rows]
+    )

@@ -26,7 +26,10 @@ TAIL_POINTS = 2000  # a stream opened without a cursor starts with about this ma
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
 def read(
-    job_id: JobId, session: ReadSessionDep, caller: CallerDep, settings: SettingsDep,
+    job_id: JobId,
+    session: ReadSessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
     key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
     step_min: Annotated[int | None, Query(ge=0)] = None,
     step_max: Annotated[int | None, Query(ge=0)] = None,
@@ -38,49 +41,90 @@ def read(
     max_points = min(max_points, settings.max_metric_points)
     keys = metric_store.metric_keys(session, job_id=job_id)
     last = job.last_step if step_max is None and job.last_step else None
-    data = metric_store.read_metrics(session, job_id=job_id, keys=key or keys, step_min=step_min,
-                                     step_max=step_max, max_points=max_points, last_step=last)
-    series = [MetricSeries(key=k, steps=[p.step for p in pts], values=[p.value for p in pts],
-                           times=[p.time for p in pts]) for k, pts in data.points.items()]
+    data = metric_store.read_metrics(
+        session,
+        job_id=job_id,
+        keys=key or keys,
+        step_min=step_min,
+        step_max=step_max,
+        max_points=max_points,
+        last_step=last,
+    )
+    series = [
+        MetricSeries(key=k, steps=[p.step for p in pts], values=[p.value for p in pts], times=[p.time for p in pts])
+        for k, pts in data.points.items()
+    ]
     return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=data.bucket > 1, bucket=data.bucket)
 
 
 @router.get("/{job_id}/metrics/latest", response_model=LatestMetrics, responses={**E401, **E404, **E422})
 def latest(
-    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
+    job_id: JobId,
+    session: ReadSessionDep,
+    caller: CallerDep,
     key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
 ) -> LatestMetrics:
     """The newest value of each key (progress bars, dashboards' summary tiles)."""
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     points = metric_store.latest_points(session, job_id=job_id, keys=key)
-    return LatestMetrics(job_id=job_id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time)
-                                                for k, p in points.items()})
+    return LatestMetrics(
+        job_id=job_id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time) for k, p in points.items()}
+    )
 
 
 @router.get("/{job_id}/samples", response_model=SampleList, responses={**E401, **E404, **E422})
 def samples(
-    job_id: JobId, session: ReadSessionDep, caller: CallerDep,
+    job_id: JobId,
+    session: ReadSessionDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=sample_store.KEEP)] = 20,
     eval: Annotated[bool | None, Query(description="true: evaluation samples only; false: training only")] = None,
 ) -> SampleList:
     """The newest rollouts (prompt, completion, reward), newest first: what the student writes."""
     job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     rows = sample_store.latest_samples(session, job_id=job_id, limit=limit, eval=eval)
-    return SampleList(items=[SamplePublic(step=r.step, eval=r.eval, prompt=r.prompt, completion=r.completion,
-                                          reward=r.reward, correct=r.correct, created_at=r.created_at) for r in rows])
+    return SampleList(
+        items=[
+            SamplePublic(
+                step=r.step,
+                eval=r.eval,
+                prompt=r.prompt,
+                completion=r.completion,
+                reward=r.reward,
+                correct=r.correct,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+    )
 
 
 @router.get(
-    "/{job_id}/metrics/stream", responses={
-        200: {"content": {"text/event-stream": {}},
-              "description": "`event: metrics` with {step, values} per step as they are written; `event: end` "
-                             "with the final status when the job is terminal"},
-        **E401, **E404, **E422},
+    "/{job_id}/metrics/stream",
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`event: metrics` with {step, values} per step as they are written; `event: end` "
+            "with the final status when the job is terminal",
+        },
+        **E401,
+        **E404,
+        **E422,
+    },
 )
 async def stream(
-    job_id: JobId, request: Request, session: ReadSessionDep, caller: CallerDep,
-    since: Annotated[float | None, Query(ge=0, description="unix time; only points written later (0: the whole "
-                                                             "history; default: the newest points, see above)")] = None,
+    job_id: JobId,
+    request: Request,
+    session: ReadSessionDep,
+    caller: CallerDep,
+    since: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            description="unix time; only points written later (0: the whole "
+            "history; default: the newest points, see above)",
+        ),
+    ] = None,
     poll_s: Annotated[float, Query(ge=0.1, le=10)] = 1.0,
 ) -> StreamingResponse:
     """Live tail of a job's metrics (server-sent events). Opened without a cursor it starts with the newest
@@ -96,7 +140,7 @@ async def stream(
     else:
         cursor = await run_in_threadpool(metric_store.tail_cursor, session, job_id=job_id, points=TAIL_POINTS)
 
-    def poll(after: float) -> tuple[list, bool, str]:
+    def poll(after: float) -> tuple[list[tuple[str, int, float | None, float]], bool, str]:
         with session_scope() as s:
             rows = metric_store.metrics_after(s, job_id=job_id, after_time=after)
             status = job_store.status_of(s, job_id=job_id)
@@ -122,5 +166,6 @@ async def stream(
                 yield ": keep-alive\n\n"
                 await asyncio.sleep(poll_s)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -23,6 +23,16 @@ def queue_state(session: ReadSessionDep, caller: CallerDep, settings: SettingsDe
     return QueueState(
         queues=[QueueDepth(queue=q, **d) for q, d in sorted(depths.items())],
         totals=QueueTotals(**worker_store.cluster_totals(session)),
-        workers=[WorkerPublic(name=w.name, queues=w.queues, started_at=w.started_at, heartbeat_age_s=w.heartbeat_age_s,
-                              alive=w.alive, busy=w.job_id is not None,
-                              job_id=w.job_id if w.job_team_id == caller.team_id else None) for w in workers])
+        workers=[
+            WorkerPublic(
+                name=w.name,
+                queues=w.queues,
+                started_at=w.started_at,
+                heartbeat_age_s=w.heartbeat_age_s,
+                alive=w.alive,
+                busy=w.job_id is not None,
+                job_id=w.job_id if w.job_team_id == caller.team_id else None,
+            )
+            for w in workers
+        ],
+    )

@@ -136,7 +136,9 @@ class ArithmeticTask:
     ) -> None:
         chosen = sorted(set(levels))
         if not chosen or any(level not in LEVELS for level in chosen):
-            raise ValueError(f"levels={list(levels)} must be a non-empty list of levels in {sorted(LEVELS)}; e.g. [1, 2]")
+            raise ValueError(
+                f"levels={list(levels)} must be a non-empty list of levels in {sorted(LEVELS)}; e.g. [1, 2]"
+            )
         if not 0.0 < eval_share < 1.0:
             raise ValueError(f"eval_share={eval_share} must be strictly between 0 and 1")
         self.levels: tuple[int, ...] = tuple(chosen)
@@ -150,8 +152,15 @@ class ArithmeticTask:
     def examples(self, n: int, *, seed: int, split: Split = "train") -> list[Example]:
         """`n` problems, levels round-robin; train and eval use disjoint prompt partitions."""
         check_request(n, split)
-        return sample_partitioned(n, task=self.name, seed=seed, split=split, difficulties=self.levels,
-                                  make=self._problem, eval_share=self.eval_share)
+        return sample_partitioned(
+            n,
+            task=self.name,
+            seed=seed,
+            split=split,
+            difficulties=self.levels,
+            make=self._problem,
+            eval_share=self.eval_share,
+        )
 
     def score(self, completion: str, example: Example) -> Score:
         predicted = final_answer(completion)

@@ -85,7 +85,8 @@ class DatasetError(ValueError):
 
 
 def validate_jsonl_lines(lines: Iterable[str | bytes], *, source: str = "<upload>") -> list[Example]:
-    """Parse and validate JSONL lines (e.g. of an HTTP upload) into examples; raise `DatasetError` on the first bad line.
+    """Parse and validate JSONL lines (e.g. of an HTTP upload) into examples; raise `DatasetError` on the first bad
+    line.
 
     `source` is the name errors report. Each example's meta records its `line` and any `extra` fields.
     """
@@ -95,8 +96,9 @@ def validate_jsonl_lines(lines: Iterable[str | bytes], *, source: str = "<upload
             try:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"not valid UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8",
-                                   path=source, line=number) from None
+                raise DatasetError(
+                    f"not valid UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8", path=source, line=number
+                ) from None
         if number == 1:
             raw = raw.removeprefix("\ufeff")  # a byte-order mark some editors write
         if not raw.strip():
@@ -131,8 +133,11 @@ def _example_from_line(text: str, source: str, number: int) -> Example:
         raise fail('field "answer" spans several lines; put the final answer alone on one line')
     difficulty = record.get("difficulty", 0)
     if isinstance(difficulty, bool) or not isinstance(difficulty, int) or difficulty < 0:
-        raise DatasetError(f'field "difficulty" must be a non-negative integer, got {json.dumps(difficulty)}; '
-                           "omit it for 0", path=source, line=number)
+        raise DatasetError(
+            f'field "difficulty" must be a non-negative integer, got {json.dumps(difficulty)}; omit it for 0',
+            path=source,
+            line=number,
+        )
     extra = {k: v for k, v in record.items() if k not in ("prompt", "answer", "difficulty")}
     meta: dict[str, Any] = {"line": number, **({"extra": extra} if extra else {})}
     return Example(prompt=prompt, answer=answer.strip(), difficulty=difficulty, meta=meta)
@@ -141,8 +146,14 @@ def _example_from_line(text: str, source: str, number: int) -> Example:
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -306,7 +317,7 @@ class JsonlTask:
         prompts = list(dict.fromkeys(e.prompt for e in self._all))
         random.Random(f"jsonl:{seed}").shuffle(prompts)
         n_eval = max(1, round(self.eval_fraction * len(prompts))) if len(prompts) >= 2 else 0
-        eval_prompts = set(prompts[len(prompts) - n_eval:])
+        eval_prompts = set(prompts[len(prompts) - n_eval :])
         return [e for e in self._all if (e.prompt in eval_prompts) == (split == "eval")]
 
     def examples(self, n: int, *, seed: int, split: Split = "train") -> list[Example]:
@@ -314,8 +325,11 @@ class JsonlTask:
         check_request(n, split)
         pool = self.split(seed, split)
         if n and not pool:
-            raise DatasetError(f"the {split} split is empty because the dataset has a single distinct prompt; "
-                               "add at least one more line", path=self.path)
+            raise DatasetError(
+                f"the {split} split is empty because the dataset has a single distinct prompt; "
+                "add at least one more line",
+                path=self.path,
+            )
         out: list[Example] = []
         for cycle in range(-(-n // len(pool)) if pool else 0):
             order = list(pool)

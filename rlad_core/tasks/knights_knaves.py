@@ -166,8 +166,10 @@ class KnightsKnavesTask:
     ) -> None:
         sizes = sorted(set(n_people))
         if not sizes or any(not isinstance(n, int) or not MIN_PEOPLE <= n <= MAX_PEOPLE for n in sizes):
-            raise ValueError(f"n_people={list(n_people)} must be a non-empty list of sizes in "
-                             f"{MIN_PEOPLE}..{MAX_PEOPLE}; e.g. [2, 3, 4, 5]")
+            raise ValueError(
+                f"n_people={list(n_people)} must be a non-empty list of sizes in "
+                f"{MIN_PEOPLE}..{MAX_PEOPLE}; e.g. [2, 3, 4, 5]"
+            )
         kinds = tuple(dict.fromkeys(statement_kinds))
         unknown = [k for k in kinds if k not in STATEMENT_KINDS]
         if not kinds or unknown:
@@ -181,7 +183,11 @@ class KnightsKnavesTask:
         self.reasoning = reasoning
         self.prompt_style = prompt_style
         self.format_reward, self.format_penalty = format_reward, format_penalty
-        self.correct_reward, self.wrong_penalty, self.unparseable_penalty = correct_reward, wrong_penalty, unparseable_penalty
+        self.correct_reward, self.wrong_penalty, self.unparseable_penalty = (
+            correct_reward,
+            wrong_penalty,
+            unparseable_penalty,
+        )
         self.eval_share = eval_share
 
     @property
@@ -196,8 +202,15 @@ class KnightsKnavesTask:
     def examples(self, n: int, *, seed: int, split: Split = "train") -> list[Example]:
         """`n` puzzles, sizes round-robin over `n_people`; train and eval use disjoint prompt partitions."""
         check_request(n, split)
-        return sample_partitioned(n, task=self.name, seed=seed, split=split, difficulties=self.n_people,
-                                  make=self._puzzle, eval_share=self.eval_share)
+        return sample_partitioned(
+            n,
+            task=self.name,
+            seed=seed,
+            split=split,
+            difficulties=self.n_people,
+            make=self._puzzle,
+            eval_share=self.eval_share,
+        )
 
     def score(self, completion: str, example: Example) -> Score:
         gold = _gold(example)
@@ -217,8 +230,10 @@ class KnightsKnavesTask:
             return answer_line
         truth = _gold(example)
         knights = [truth[name] for name in names]
-        lines = [f"{names[i]}={role(knights[i])}; {_compact(s, names)}: {'true' if _holds(s, knights) else 'false'}"
-                 for i, s in enumerate(statements)]
+        lines = [
+            f"{names[i]}={role(knights[i])}; {_compact(s, names)}: {'true' if _holds(s, knights) else 'false'}"
+            for i, s in enumerate(statements)
+        ]
         return "\n".join([*lines, answer_line])
 
     # --- generation ----------------------------------------------------------------------------------------
@@ -229,16 +244,26 @@ class KnightsKnavesTask:
         target, statements = self._unique_statements(rng, n)
         knights = [bool(target >> i & 1) for i in range(n)]
         if compact:
-            lines = [COMPACT_HEADER, *(f"{names[i]}: {_compact(s, names)}" for i, s in enumerate(statements)), COMPACT_QUESTION]
+            lines = [
+                COMPACT_HEADER,
+                *(f"{names[i]}: {_compact(s, names)}" for i, s in enumerate(statements)),
+                COMPACT_QUESTION,
+            ]
         else:
-            lines = [HEADER, *(f'{names[i]} says: "{_capitalize(_english(s, names))}."' for i, s in enumerate(statements)),
-                     QUESTION]
+            lines = [
+                HEADER,
+                *(f'{names[i]} says: "{_capitalize(_english(s, names))}."' for i, s in enumerate(statements)),
+                QUESTION,
+            ]
         return Example(
             prompt="\n".join(lines),
             answer=format_answer(list(zip(names, knights, strict=True))),
             difficulty=n,
-            meta={"names": names, "solution": {nm: role(k) for nm, k in zip(names, knights, strict=True)},
-                  "statements": statements},
+            meta={
+                "names": names,
+                "solution": {nm: role(k) for nm, k in zip(names, knights, strict=True)},
+                "statements": statements,
+            },
         )
 
     def _unique_statements(self, rng: random.Random, n: int) -> tuple[int, list[Statement]]:
@@ -256,8 +281,10 @@ class KnightsKnavesTask:
                 speaker = rng.randrange(n)
                 statements[speaker] = self._consistent_statement(rng, n, speaker, target)
                 tables[speaker] = _truth_table(statements[speaker], n)
-        raise RuntimeError(f"could not generate a {n}-person puzzle with a unique solution using statement kinds "
-                           f"{self.statement_kinds}; enable more kinds")
+        raise RuntimeError(
+            f"could not generate a {n}-person puzzle with a unique solution using statement kinds "
+            f"{self.statement_kinds}; enable more kinds"
+        )
 
     def _consistent_statement(self, rng: random.Random, n: int, speaker: int, target: int) -> Statement | None:
         """A random statement whose truth under `target` matches the speaker's role (knights tell the truth)."""
@@ -284,7 +311,9 @@ def _gold(example: Example) -> dict[str, bool]:
     names = [name for name, _ in _PAIR.findall(example.answer)]
     gold = _parse_assignment(example.answer, {name.lower(): name for name in names})
     if gold is None:
-        raise ValueError(f"example answer {example.answer!r} is not a Knights-and-Knaves answer like 'Ann=knight, Bob=knave'")
+        raise ValueError(
+            f"example answer {example.answer!r} is not a Knights-and-Knaves answer like 'Ann=knight, Bob=knave'"
+        )
     return gold
 
 

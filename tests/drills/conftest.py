@@ -72,8 +72,10 @@ class PrivateRedis:
         if exe is None:
             pytest.skip("redis-server is not installed")
         self.port = free_port()
-        self.proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         import redis
 
         deadline = time.monotonic() + 30
@@ -114,15 +116,25 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture(scope="module")
-def drill_stack(private_pg: PrivatePostgres, private_redis: PrivateRedis,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+def drill_stack(
+    private_pg: PrivatePostgres, private_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalService]:
     """The production stack (API, a gpu worker, a cpu worker with beat) on the drill's own PostgreSQL and Redis."""
-    svc = LocalService(tmp_path_factory.mktemp("drill"), port=free_port(), env={
-        "RLAD_DATABASE_URL": private_pg.url, "RLAD_BROKER_URL": private_redis.url,
-        "RLAD_REAPER_INTERVAL_S": "1", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_HEARTBEAT_TIMEOUT_S": "30",
-        "RLAD_METRICS_FLUSH_S": "0.5", "RLAD_DB_RETRY_MAX_S": "1", "RLAD_SHUTDOWN_GRACE_S": "30",
-        "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
-    })
+    svc = LocalService(
+        tmp_path_factory.mktemp("drill"),
+        port=free_port(),
+        env={
+            "RLAD_DATABASE_URL": private_pg.url,
+            "RLAD_BROKER_URL": private_redis.url,
+            "RLAD_REAPER_INTERVAL_S": "1",
+            "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+            "RLAD_HEARTBEAT_TIMEOUT_S": "30",
+            "RLAD_METRICS_FLUSH_S": "0.5",
+            "RLAD_DB_RETRY_MAX_S": "1",
+            "RLAD_SHUTDOWN_GRACE_S": "30",
+            "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
+        },
+    )
     svc.start()
     try:
         yield svc
@@ -132,8 +144,9 @@ def drill_stack(private_pg: PrivatePostgres, private_redis: PrivateRedis,
 
 @pytest.fixture(scope="module")
 def http(drill_stack: LocalService) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=drill_stack.base_url, headers={"Authorization": f"Bearer {drill_stack.api_key}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=drill_stack.base_url, headers={"Authorization": f"Bearer {drill_stack.api_key}"}, timeout=30
+    ) as c:
         yield c
 
 

@@ -21,11 +21,13 @@ pytestmark = pytest.mark.slow
 OUTAGE_S = 6.0
 
 
-def test_a_database_outage_costs_a_running_job_nothing(drill_stack, http: httpx.Client, private_pg,
-                                                        micro_models) -> None:
+def test_a_database_outage_costs_a_running_job_nothing(
+    drill_stack, http: httpx.Client, private_pg, micro_models
+) -> None:
     steps = 150
-    job = http.post("/v1/jobs", json=tiny_spec(micro_models, steps=steps, eval_every=0, checkpoint_every=50,
-                                               name="outage")).json()
+    job = http.post(
+        "/v1/jobs", json=tiny_spec(micro_models, steps=steps, eval_every=0, checkpoint_every=50, name="outage")
+    ).json()
     before = wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
 
     private_pg.stop()
@@ -56,8 +58,10 @@ def test_a_database_outage_costs_a_running_job_nothing(drill_stack, http: httpx.
 
     # the trainer trained through the outage: its buffered progress lands as soon as the database is back
     after = wait_for(http, job["id"], lambda j: j["steps_done"] > before["steps_done"], timeout_s=30)
-    print(f"drill: {OUTAGE_S:.0f} s outage at step {before['steps_done']}; {time.monotonic() - back_at:.1f} s after "
-          f"the restart the job reported step {after['steps_done']} (attempt {after['attempt']})")
+    print(
+        f"drill: {OUTAGE_S:.0f} s outage at step {before['steps_done']}; {time.monotonic() - back_at:.1f} s after "
+        f"the restart the job reported step {after['steps_done']} (attempt {after['attempt']})"
+    )
     assert after["attempt"] == 1 and after["status"] == "running"
     done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded")
     assert done["attempt"] == 1 and done["steps_done"] == steps

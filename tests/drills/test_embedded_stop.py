@@ -21,17 +21,26 @@ from tests.service.conftest import tiny_spec
 pytestmark = pytest.mark.slow
 
 
-def test_stopping_the_embedded_service_releases_the_job_and_the_next_start_resumes_it(tmp_path_factory,
-                                                                                      micro_models) -> None:
-    env = {"RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_METRICS_FLUSH_S": "0.5", "RLAD_REAPER_INTERVAL_S": "1",
-           "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}
+def test_stopping_the_embedded_service_releases_the_job_and_the_next_start_resumes_it(
+    tmp_path_factory, micro_models
+) -> None:
+    env = {
+        "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+        "RLAD_METRICS_FLUSH_S": "0.5",
+        "RLAD_REAPER_INTERVAL_S": "1",
+        "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
+    }
     data, port = tmp_path_factory.mktemp("embedded"), free_port()
     svc = LocalService(data, port=port, env=env)
     svc.start()
     try:
-        with httpx.Client(base_url=svc.base_url, headers={"Authorization": f"Bearer {svc.api_key}"}, timeout=30) as http:
-            job = http.post("/v1/jobs", json=tiny_spec(micro_models, steps=400, eval_every=0, checkpoint_every=1000,
-                                                       name="embedded")).json()
+        with httpx.Client(
+            base_url=svc.base_url, headers={"Authorization": f"Bearer {svc.api_key}"}, timeout=30
+        ) as http:
+            job = http.post(
+                "/v1/jobs",
+                json=tiny_spec(micro_models, steps=400, eval_every=0, checkpoint_every=1000, name="embedded"),
+            ).json()
             wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
             assert len(processes_of(svc.data_dir)) >= 4  # API, two workers (and their children), the trainer
 
@@ -50,14 +59,19 @@ def test_stopping_the_embedded_service_releases_the_job_and_the_next_start_resum
     svc = LocalService(data, port=port, env=env)
     svc.start()
     try:
-        with httpx.Client(base_url=svc.base_url, headers={"Authorization": f"Bearer {svc.api_key}"}, timeout=30) as http:
+        with httpx.Client(
+            base_url=svc.base_url, headers={"Authorization": f"Bearer {svc.api_key}"}, timeout=30
+        ) as http:
             events = http.get(f"/v1/jobs/{job['id']}/events").json()["items"]
             released = [e for e in events if e["kind"] == "released"]
             assert len(released) == 1 and released[0]["data"]["step"] > 0
             done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded")
             assert done["attempt"] == 2 and "lost" not in event_kinds(http, job["id"])
-            resumed = [e["data"]["step"] for e in http.get(f"/v1/jobs/{job['id']}/events").json()["items"]
-                       if e["kind"] == "resumed"]
+            resumed = [
+                e["data"]["step"]
+                for e in http.get(f"/v1/jobs/{job['id']}/events").json()["items"]
+                if e["kind"] == "resumed"
+            ]
             assert resumed == [released[0]["data"]["step"]]
     finally:
         svc.stop()

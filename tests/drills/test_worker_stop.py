@@ -28,11 +28,13 @@ def _stop_worker(stack) -> float:
     return time.monotonic() - t0
 
 
-def test_sigterm_to_a_worker_checkpoints_the_job_and_releases_it_at_once(drill_stack, http: httpx.Client,
-                                                                         micro_models) -> None:
+def test_sigterm_to_a_worker_checkpoints_the_job_and_releases_it_at_once(
+    drill_stack, http: httpx.Client, micro_models
+) -> None:
     steps = 400
-    job = http.post("/v1/jobs", json=tiny_spec(micro_models, steps=steps, eval_every=0, checkpoint_every=1000,
-                                               name="deploy")).json()
+    job = http.post(
+        "/v1/jobs", json=tiny_spec(micro_models, steps=steps, eval_every=0, checkpoint_every=1000, name="deploy")
+    ).json()
     wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 5)
 
     stopped_in = _stop_worker(drill_stack)
@@ -54,8 +56,9 @@ def test_sigterm_to_a_worker_checkpoints_the_job_and_releases_it_at_once(drill_s
     assert [e["data"]["step"] for e in resumed] == [step_at_stop]
 
 
-def test_a_backlog_of_cancelled_jobs_does_not_hold_up_the_next_job(drill_stack, http: httpx.Client,
-                                                                  micro_models) -> None:
+def test_a_backlog_of_cancelled_jobs_does_not_hold_up_the_next_job(
+    drill_stack, http: httpx.Client, micro_models
+) -> None:
     _stop_worker(drill_stack)  # idle: messages pile up in the broker while it is away
     n = 100
     for i in range(n):
@@ -68,8 +71,10 @@ def test_a_backlog_of_cancelled_jobs_does_not_hold_up_the_next_job(drill_stack, 
     drill_stack.restart_exited()
     wait_for(http, real["id"], lambda j: j["status"] in ("starting", "running", "succeeded"), timeout_s=120)
     claimed_after = time.monotonic() - t0
-    print(f"drill: the real job was claimed {claimed_after:.1f} s after the worker restarted behind {n} "
-          "cancelled messages")
+    print(
+        f"drill: the real job was claimed {claimed_after:.1f} s after the worker restarted behind {n} "
+        "cancelled messages"
+    )
     wait_for(http, real["id"], lambda j: j["status"] == "succeeded")
     log = (drill_stack.data_dir / "logs" / "worker-gpu.log").read_text()
     assert log.count("message dropped") >= n

@@ -24,7 +24,9 @@ def test_sign_in_sets_a_secure_http_only_cookie_and_a_wrong_key_is_refused(page,
     assert page.get_by_role("alert").inner_text() == "That key is unknown or revoked."
     sign_in(page, service, service.api_key)
     (cookie,) = page.context.cookies()
-    assert cookie["name"] == "rlad_session" and cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert (
+        cookie["name"] == "rlad_session" and cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    )
     assert cookie["value"] != service.api_key  # a server-side session's token, never the key
     assert "rlad_session" not in page.evaluate("document.cookie")  # scripts cannot read it
     page.get_by_role("button", name="Sign out").click()
@@ -32,8 +34,9 @@ def test_sign_in_sets_a_secure_http_only_cookie_and_a_wrong_key_is_refused(page,
     assert page.context.cookies() == []
 
 
-def test_the_jobs_list_shows_each_job_with_its_status_filters_and_updates_live(page, service, http, models,
-                                                                              finished_jobs) -> None:
+def test_the_jobs_list_shows_each_job_with_its_status_filters_and_updates_live(
+    page, service, http, models, finished_jobs
+) -> None:
     sign_in(page, service, service.api_key)
     rlad, grpo = finished_jobs["rlad"], finished_jobs["grpo"]
     row = page.locator(f"tr[data-job-id='{rlad['id']}']")
@@ -58,8 +61,15 @@ def test_the_job_page_charts_carry_the_jobs_actual_points(page, service, http, f
     job = finished_jobs["rlad"]
     sign_in(page, service, service.api_key, f"/ui/jobs/{job['id']}")
     api = {s["key"]: s for s in http.get(f"/v1/jobs/{job['id']}/metrics").json()["series"]}
-    for chart, key in [("reward", "reward_mean"), ("loss", "loss"), ("entropy", "entropy"), ("accuracy", "eval/accuracy"),
-                       ("clip", "clip_frac_high"), ("gap", "teacher_gap"), ("throughput", "tokens_per_s")]:
+    for chart, key in [
+        ("reward", "reward_mean"),
+        ("loss", "loss"),
+        ("entropy", "entropy"),
+        ("accuracy", "eval/accuracy"),
+        ("clip", "clip_frac_high"),
+        ("gap", "teacher_gap"),
+        ("throughput", "tokens_per_s"),
+    ]:
         page.wait_for_function(f"window.rlad.charts[{chart!r}] && window.rlad.charts[{chart!r}].u")
         data = page.evaluate(CHART_DATA, chart)
         (raw,) = [s for s in data["raw"] if s["key"] == key]
@@ -86,10 +96,12 @@ def test_the_job_page_charts_carry_the_jobs_actual_points(page, service, http, f
     screenshots(page, "job")
 
 
-def test_a_live_chart_gains_points_while_the_job_runs_and_cancel_from_the_page_cancels_it(page, service, http,
-                                                                                          models) -> None:
-    job = http.post("/v1/jobs", json=job_spec(models, name="long-rlad", steps=3000, eval_every=0,
-                                               checkpoint_every=0)).json()
+def test_a_live_chart_gains_points_while_the_job_runs_and_cancel_from_the_page_cancels_it(
+    page, service, http, models
+) -> None:
+    job = http.post(
+        "/v1/jobs", json=job_spec(models, name="long-rlad", steps=3000, eval_every=0, checkpoint_every=0)
+    ).json()
     wait_status(http, job["id"], {"running"})
     sign_in(page, service, service.api_key, f"/ui/jobs/{job['id']}")
     page.wait_for_function("window.rlad.charts.loss && window.rlad.charts.loss.pointCount() > 0")
@@ -110,8 +122,7 @@ def test_a_live_chart_gains_points_while_the_job_runs_and_cancel_from_the_page_c
     assert page.locator("#cancel").is_hidden()
 
 
-def test_compare_overlays_two_jobs_with_a_legend_and_their_final_evaluation(page, service, http,
-                                                                             finished_jobs) -> None:
+def test_compare_overlays_two_jobs_with_a_legend_and_their_final_evaluation(page, service, http, finished_jobs) -> None:
     rlad, grpo = finished_jobs["rlad"], finished_jobs["grpo"]
     sign_in(page, service, service.api_key)
     for job in (rlad, grpo):
@@ -163,15 +174,18 @@ def test_the_queue_page_shows_the_workers_and_queue_depth(page, service) -> None
 
 CONTRAST = """() => {
   const lum = (c) => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map(v => { v /= 255;
-    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
   const bg = (e) => { for (; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor;
     if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; } return 'rgb(255, 255, 255)'; };
   const out = []; let checked = 0;
-  for (const e of document.querySelectorAll('h1, h2, h3, th, td, a, button, label, .chip, .hint, .muted, .sample pre')) {
+  const texts = 'h1, h2, h3, th, td, a, button, label, .chip, .hint, .muted, .sample pre';
+  for (const e of document.querySelectorAll(texts)) {
     if (!e.offsetParent || !e.textContent.trim()) continue;
     const a = lum(getComputedStyle(e).color), b = lum(bg(e));
     const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); checked++;
-    if (ratio < 4.5) out.push(`${e.tagName}.${e.className} "${e.textContent.trim().slice(0, 30)}": ${ratio.toFixed(2)}`);
+    const what = `${e.tagName}.${e.className} "${e.textContent.trim().slice(0, 30)}"`;
+    if (ratio < 4.5) out.push(`${what}: ${ratio.toFixed(2)}`);
   }
   return {checked, failing: out}; }"""
 
@@ -185,9 +199,12 @@ def test_pages_have_labelled_controls_and_readable_contrast(page, service, finis
     page.goto(service.base_url + "/ui/login")
     assert page.evaluate(UNLABELLED) == [] and page.evaluate(CONTRAST)["failing"] == []
     sign_in(page, service, service.api_key)
-    for path, ready in [("/ui/jobs", "tr[data-job-id]"), (f"/ui/jobs/{job['id']}", "#chart-loss"),
-                        (f"/ui/compare?job={job['id']}&job={other['id']}", "#chart-loss"),
-                        ("/ui/queue", "#workers tr[data-worker]")]:
+    for path, ready in [
+        ("/ui/jobs", "tr[data-job-id]"),
+        (f"/ui/jobs/{job['id']}", "#chart-loss"),
+        (f"/ui/compare?job={job['id']}&job={other['id']}", "#chart-loss"),
+        ("/ui/queue", "#workers tr[data-worker]"),
+    ]:
         page.goto(service.base_url + path)
         page.locator(ready).first.wait_for()
         assert page.evaluate(UNLABELLED) == [], path

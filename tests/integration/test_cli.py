@@ -15,9 +15,18 @@ runner = CliRunner()
 
 def test_train_runs_a_config_and_writes_metrics_and_checkpoint(tmp_path, warm_dirs):
     cfg = {
-        "method": "rlad", "student": str(warm_dirs["student"]), "teacher": str(warm_dirs["teacher"]),
-        "task": {"name": "arithmetic", "levels": [1]}, "steps": 2, "batch_size": 8, "group_size": 4,
-        "max_new_tokens": 12, "lr": 1e-3, "eval_every": 2, "eval_size": 4, "checkpoint_every": 1,
+        "method": "rlad",
+        "student": str(warm_dirs["student"]),
+        "teacher": str(warm_dirs["teacher"]),
+        "task": {"name": "arithmetic", "levels": [1]},
+        "steps": 2,
+        "batch_size": 8,
+        "group_size": 4,
+        "max_new_tokens": 12,
+        "lr": 1e-3,
+        "eval_every": 2,
+        "eval_size": 4,
+        "checkpoint_every": 1,
         "output_dir": str(tmp_path / "run"),
     }
     path = tmp_path / "job.yaml"
@@ -60,8 +69,16 @@ def test_validate_prints_defaults_and_tiny_model_builds(tmp_path):
 
 def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"student": str(tmp_path / "no-such-model"), "method": "grpo", "steps": 1,
-                                    "output_dir": str(tmp_path / "run")}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "student": str(tmp_path / "no-such-model"),
+                "method": "grpo",
+                "steps": 1,
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     result = runner.invoke(app, ["train", str(path), "--quiet"])
     assert result.exit_code == 1
     text = "".join(result.output.split())  # rich wraps long lines

@@ -35,8 +35,9 @@ def _free_port() -> int:
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("svc")
     # the tiny models live under pytest's temporary tree: jobs may read them there (not the result store)
-    svc = LocalService(root / "data", port=_free_port(),
-                       env={"RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])})
+    svc = LocalService(
+        root / "data", port=_free_port(), env={"RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}
+    )
     try:
         svc.start(timeout_s=120)
         yield svc
@@ -47,14 +48,27 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
-    return {"student": str(save_tiny_model(root / "student", "micro", seed=0)),
-            "teacher": str(save_tiny_model(root / "teacher", "micro", seed=1))}
+    return {
+        "student": str(save_tiny_model(root / "student", "micro", seed=0)),
+        "teacher": str(save_tiny_model(root / "teacher", "micro", seed=1)),
+    }
 
 
 def _spec(models: dict[str, str], **kw) -> dict:
-    return {"student": models["student"], "teacher": models["teacher"], "steps": 4, "batch_size": 8,
-            "group_size": 4, "max_new_tokens": 8, "eval_every": 2, "eval_size": 8, "checkpoint_every": 2,
-            "lr": 1e-3, "task": {"name": "arithmetic", "levels": [1]}, **kw}
+    return {
+        "student": models["student"],
+        "teacher": models["teacher"],
+        "steps": 4,
+        "batch_size": 8,
+        "group_size": 4,
+        "max_new_tokens": 8,
+        "eval_every": 2,
+        "eval_size": 8,
+        "checkpoint_every": 2,
+        "lr": 1e-3,
+        "task": {"name": "arithmetic", "levels": [1]},
+        **kw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +85,9 @@ def finished_job(client, models) -> dict:
     again = client.submit(_spec(models, name="client-job"), idempotency_key="client-job-1")
     assert again["id"] == job["id"]  # same key, same spec: the same job
     seen: list[tuple[str, int]] = []
-    final = client.wait(job["id"], poll_s=0.3, on_update=lambda j: seen.append((j["status"], j["steps_done"])),
-                        timeout_s=240)
+    final = client.wait(
+        job["id"], poll_s=0.3, on_update=lambda j: seen.append((j["status"], j["steps_done"])), timeout_s=240
+    )
     assert final["status"] == "succeeded", final
     final["_seen"] = seen
     return final
@@ -159,14 +174,18 @@ def _tar_response(entries: dict[str, bytes], manifest_sha: str) -> httpx.MockTra
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     body = buf.getvalue()
-    return httpx.MockTransport(lambda req: httpx.Response(
-        200, content=body, headers={"Content-Length": str(len(body)), "X-Checkpoint-Sha256": manifest_sha}))
+    return httpx.MockTransport(
+        lambda req: httpx.Response(
+            200, content=body, headers={"Content-Length": str(len(body)), "X-Checkpoint-Sha256": manifest_sha}
+        )
+    )
 
 
 def test_download_rejects_tampered_or_unsafe_archives_and_leaves_nothing(tmp_path):
     files = {"config.json": b'{"a": 1}', "model.safetensors": b"weights" * 100}
-    manifest = json.dumps({"step": 3, "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                                                for n, d in files.items()}}).encode()
+    manifest = json.dumps(
+        {"step": 3, "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()}}
+    ).encode()
     sha = hashlib.sha256(manifest).hexdigest()
     entries = {f"job_x-step-3/{n}": d for n, d in {**files, "manifest.json": manifest}.items()}
     out = tmp_path / "out"
@@ -183,14 +202,18 @@ def test_download_rejects_tampered_or_unsafe_archives_and_leaves_nothing(tmp_pat
         "does not list": {**entries, "job_x-step-3/extra.bin": b"x"},
     }
     for match, tampered in cases.items():
-        with Client("http://rlad.test", "k", transport=_tar_response(tampered, sha)) as c, \
-                pytest.raises(ChecksumError, match=match):
+        with (
+            Client("http://rlad.test", "k", transport=_tar_response(tampered, sha)) as c,
+            pytest.raises(ChecksumError, match=match),
+        ):
             c.download("job_x", step=3, out_dir=out)
         assert list(out.iterdir()) == []  # no checkpoint, no temp dir: a failed download leaves nothing
     assert not (tmp_path / "evil").exists() and not (out.parent.parent / "evil").exists()
     # a manifest that is not the one the API published
-    with Client("http://rlad.test", "k", transport=_tar_response(entries, "0" * 64)) as c, \
-            pytest.raises(ChecksumError, match="published"):
+    with (
+        Client("http://rlad.test", "k", transport=_tar_response(entries, "0" * 64)) as c,
+        pytest.raises(ChecksumError, match="published"),
+    ):
         c.download("job_x", step=3, out_dir=out)
 
 
@@ -209,8 +232,11 @@ def test_cli_submit_wait_status_list_events_download(cli_env, models, tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(_spec(models, steps=3, name="cli-job")))
     # --set overrides the YAML (steps 3 -> 2; a dotted one too)
-    result = runner.invoke(app, ["submit", str(spec), "--set", "steps=2", "--set", "task.levels=[1]", "--wait",
-                                 "--poll", "0.3"], env=cli_env)
+    result = runner.invoke(
+        app,
+        ["submit", str(spec), "--set", "steps=2", "--set", "task.levels=[1]", "--wait", "--poll", "0.3"],
+        env=cli_env,
+    )
     assert result.exit_code == 0, result.output
     job_id = result.stdout.strip().splitlines()[0]
     assert job_id and "succeeded" in result.output and "Traceback" not in result.output

@@ -29,9 +29,21 @@ def micro_student(tmp_path_factory) -> Path:
 
 
 def config(student: Path, output_dir: Path, **overrides):
-    fields = {"method": "grpo", "student": str(student), "task": {"name": "arithmetic", "levels": [1]},
-              "steps": 2, "batch_size": 8, "group_size": 4, "max_new_tokens": 8, "lr": 1e-3, "eval_every": 0,
-              "checkpoint_every": 1, "seed": 0, "output_dir": str(output_dir), "log_samples": 0}
+    fields = {
+        "method": "grpo",
+        "student": str(student),
+        "task": {"name": "arithmetic", "levels": [1]},
+        "steps": 2,
+        "batch_size": 8,
+        "group_size": 4,
+        "max_new_tokens": 8,
+        "lr": 1e-3,
+        "eval_every": 0,
+        "checkpoint_every": 1,
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "log_samples": 0,
+    }
     return parse_config({**fields, **overrides})
 
 
@@ -75,8 +87,10 @@ class DiskWatcher(MemoryReporter):
             beats = self.heartbeats
             time.sleep(5 * POLL_S)  # the run is waiting now: it must keep its heartbeat and write nothing
             self.paused_state.update(
-                entries=sorted(p.name for p in root.iterdir()), heartbeats_while_waiting=self.heartbeats - beats,
-                step1_manifest=ck.verify_checkpoint(root / "step-1")["step"])
+                entries=sorted(p.name for p in root.iterdir()),
+                heartbeats_while_waiting=self.heartbeats - beats,
+                step1_manifest=ck.verify_checkpoint(root / "step-1")["step"],
+            )
         except BaseException as exc:  # re-raised by the test; space is freed in any case
             self.errors.append(exc)
         finally:
@@ -86,8 +100,9 @@ class DiskWatcher(MemoryReporter):
 
 
 @pytest.mark.parametrize("where", ["pre-check", "write"])
-def test_full_disk_pauses_the_run_which_continues_once_space_is_freed(small_disk, fill_disk, micro_student,
-                                                                      monkeypatch, where):
+def test_full_disk_pauses_the_run_which_continues_once_space_is_freed(
+    small_disk, fill_disk, micro_student, monkeypatch, where
+):
     disk = small_disk(16 << 20)
     if where == "write":
         # the estimate falls short (as for a state the tensor count misses): the pre-check passes and the
@@ -122,9 +137,11 @@ def test_full_disk_pauses_the_run_which_continues_once_space_is_freed(small_disk
     assert kinds == ["started", "checkpoint_saved", "disk_full", "checkpoint_saved", "finished"]
     resume_s = reporter.saved_at[2] - reporter.freed_at
     assert 0 <= resume_s < 10 * POLL_S + 5.0
-    print(f"\n[{where}] step-1 checkpoint {state['step1_bytes']} B; disk_full needed {full[0]['needed_bytes']} B, "
-          f"free {full[0]['free_bytes']} B; step-2 checkpoint written {resume_s:.2f} s after the ballast was deleted "
-          f"(poll {POLL_S} s)")
+    print(
+        f"\n[{where}] step-1 checkpoint {state['step1_bytes']} B; disk_full needed {full[0]['needed_bytes']} B, "
+        f"free {full[0]['free_bytes']} B; step-2 checkpoint written {resume_s:.2f} s after the ballast was deleted "
+        f"(poll {POLL_S} s)"
+    )
 
 
 def test_stop_while_waiting_for_space_ends_the_run_without_that_checkpoint(tmp_path, micro_student):

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.slow
 
 def test_rlad_up_serves_until_sigterm_then_stops_everything(tmp_path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         first = proc.stdout.readline()  # printed once everything is up
         assert f"RLAD service on http://127.0.0.1:{port}" in first, first + proc.stdout.read()
@@ -41,8 +46,13 @@ def test_rlad_up_serves_until_sigterm_then_stops_everything(tmp_path) -> None:
 
 def test_sigterm_while_starting_stops_everything_it_started(tmp_path) -> None:
     data = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(data), "--port", str(free_port())],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlad.cli", "up", "--data-dir", str(data), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     # wait until `rlad up` has spawned its first process (the API is not ready yet)
     while not [p for p in processes_of(data.resolve()) if p != proc.pid]:

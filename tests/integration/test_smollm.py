@@ -66,12 +66,23 @@ def test_two_steps_with_smollm2_teacher_and_pruned_student(tmp_path, smollm_dirs
     from rlad_core.reporting import MemoryReporter
     from rlad_core.trainer import train
 
-    cfg = parse_config({
-        "method": method, "student": str(smollm_dirs["student"]), "teacher": str(smollm_dirs["teacher"]),
-        "task": {"name": "arithmetic", "levels": [1]}, "steps": 2, "batch_size": 8, "group_size": 4,
-        "max_new_tokens": 16, "lr": 1e-5, "eval_every": 0, "checkpoint_every": 0, "seed": 0,
-        "output_dir": str(tmp_path / "run"),
-    })
+    cfg = parse_config(
+        {
+            "method": method,
+            "student": str(smollm_dirs["student"]),
+            "teacher": str(smollm_dirs["teacher"]),
+            "task": {"name": "arithmetic", "levels": [1]},
+            "steps": 2,
+            "batch_size": 8,
+            "group_size": 4,
+            "max_new_tokens": 16,
+            "lr": 1e-5,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "seed": 0,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
     rep = MemoryReporter()
     result = train(cfg, reporter=rep)
     steps = rep.train_metrics()
@@ -86,6 +97,7 @@ def test_two_steps_with_smollm2_teacher_and_pruned_student(tmp_path, smollm_dirs
         assert steps[1]["ratio_min"] < 0.99 or steps[1]["ratio_max"] > 1.01
     # the prompts went through SmolLM2's chat template
     assert "<|im_start|>" in AutoTokenizer.from_pretrained(result.checkpoint).apply_chat_template(
-        [{"role": "user", "content": "1+1="}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": "1+1="}], tokenize=False, add_generation_prompt=True
+    )
     model = AutoModelForCausalLM.from_pretrained(result.checkpoint)
     assert model.config.num_hidden_layers == 5

@@ -19,10 +19,20 @@ TIMING_KEYS = ("time/", "tokens_per_s")
 
 def config(tmp_path, warm_dirs, **overrides):
     fields = {
-        "method": "rlad", "student": str(warm_dirs["student"]), "teacher": str(warm_dirs["teacher"]),
-        "task": {"name": "arithmetic", "levels": [1]}, "steps": 3, "batch_size": 16, "group_size": 4,
-        "max_new_tokens": 16, "lr": 1e-2, "eval_every": 0, "checkpoint_every": 0, "seed": 0,
-        "output_dir": str(tmp_path / "run"), "log_samples": 2,
+        "method": "rlad",
+        "student": str(warm_dirs["student"]),
+        "teacher": str(warm_dirs["teacher"]),
+        "task": {"name": "arithmetic", "levels": [1]},
+        "steps": 3,
+        "batch_size": 16,
+        "group_size": 4,
+        "max_new_tokens": 16,
+        "lr": 1e-2,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "log_samples": 2,
     }
     return parse_config({**fields, **overrides})
 
@@ -55,9 +65,25 @@ def test_step_metrics_cover_the_spec(tmp_path, warm_dirs):
     train(config(tmp_path, warm_dirs, steps=1, eval_every=1, eval_size=8, eval_pass_k=2), reporter=rep)
     m = rep.train_metrics()[1]
     required = {
-        "reward_mean", "accuracy", "frac_zero_std_groups", "loss", "ratio_mean", "ratio_min", "ratio_max",
-        "clip_frac_low", "clip_frac_high", "teacher_gap", "entropy", "response_length_mean",
-        "response_length_max", "grad_norm", "lr", "tokens_per_s", "time/generate", "time/score", "time/update",
+        "reward_mean",
+        "accuracy",
+        "frac_zero_std_groups",
+        "loss",
+        "ratio_mean",
+        "ratio_min",
+        "ratio_max",
+        "clip_frac_low",
+        "clip_frac_high",
+        "teacher_gap",
+        "entropy",
+        "response_length_mean",
+        "response_length_max",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "time/generate",
+        "time/score",
+        "time/update",
     }
     assert required <= set(m), required - set(m)
     evals = [v for s, v in rep.metric_rows if "eval/accuracy" in v]
@@ -82,8 +108,15 @@ def test_first_inner_step_ratio_is_not_one_with_a_teacher(tmp_path, warm_dirs):
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, warm_dirs):
-    common = {"steps": 4, "checkpoint_every": 2, "inner_epochs": 2, "mini_batch_size": 8, "micro_batch_size": 4,
-              "lr_schedule": "cosine", "warmup_steps": 1}
+    common = {
+        "steps": 4,
+        "checkpoint_every": 2,
+        "inner_epochs": 2,
+        "mini_batch_size": 8,
+        "micro_batch_size": 4,
+        "lr_schedule": "cosine",
+        "warmup_steps": 1,
+    }
     full = MemoryReporter()
     train(config(tmp_path / "a", warm_dirs, **common), reporter=full)
 
@@ -95,8 +128,14 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, warm_di
     assert resumed.events[0][0] == "resumed" and sorted(resumed.train_metrics()) == [3, 4]
     expected = {s: v for s, v in without_timing(full.train_metrics()).items() if s > 2}
     assert without_timing(resumed.train_metrics()) == expected
-    assert all(torch.equal(a, b) for a, b in zip(weights(result.checkpoint).values(),
-                                                  weights(tmp_path / "a" / "run" / "checkpoints" / "step-4").values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            weights(result.checkpoint).values(),
+            weights(tmp_path / "a" / "run" / "checkpoints" / "step-4").values(),
+            strict=True,
+        )
+    )
 
 
 def test_non_finite_steps_are_skipped_then_fail_and_checkpoints_stay_intact(tmp_path, warm_dirs):
@@ -112,7 +151,9 @@ def test_non_finite_steps_are_skipped_then_fail_and_checkpoints_stay_intact(tmp_
     save_file(tensors, str(bad_teacher / "model.safetensors"), metadata={"format": "pt"})
 
     rep = MemoryReporter()
-    cfg = config(tmp_path, warm_dirs, steps=6, checkpoint_every=1, teacher=str(bad_teacher), max_consecutive_nonfinite=2)
+    cfg = config(
+        tmp_path, warm_dirs, steps=6, checkpoint_every=1, teacher=str(bad_teacher), max_consecutive_nonfinite=2
+    )
     with pytest.raises(NonFiniteError, match="2 consecutive steps"):
         train(cfg, reporter=rep, resume_from="auto")
     assert [k for k, _ in rep.events].count("step_skipped") == 2
@@ -130,8 +171,18 @@ def test_short_seeded_run_raises_the_reward(tmp_path, warm_dirs):
     # 8 training prompts, all of them in every step: RL alone must make the student answer them better
     # (seen here: mean reward of steps 1-6 about 0.40, of steps 19-24 about 0.65)
     rep = MemoryReporter()
-    cfg = config(tmp_path, warm_dirs, method="grpo", steps=24, batch_size=64, group_size=8, lr=1e-3,
-                 max_new_tokens=12, train_pool_size=8, log_samples=0)
+    cfg = config(
+        tmp_path,
+        warm_dirs,
+        method="grpo",
+        steps=24,
+        batch_size=64,
+        group_size=8,
+        lr=1e-3,
+        max_new_tokens=12,
+        train_pool_size=8,
+        log_samples=0,
+    )
     train(cfg, reporter=rep)
     rewards = [m["reward_mean"] for _, m in sorted(rep.train_metrics().items())]
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
@@ -144,7 +195,7 @@ def test_checkpoint_of_a_run_loads_and_generates(tmp_path, warm_dirs):
     tok = AutoTokenizer.from_pretrained(result.checkpoint)
     enc = tok(["3+4="], return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(text) > 0
 
 

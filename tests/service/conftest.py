@@ -59,8 +59,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def service_env(db_url: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def service_env(
+    db_url: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
     """Settings for an in-process API on `db_url`: data dir under tmp_path (filesystem broker, result store),
     the database migrated to head. Jobs may read models under pytest's temporary tree (`model_roots_env`);
     the result store inside it stays closed."""
@@ -116,13 +117,27 @@ def free_port() -> int:
 def micro_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The smallest tiny student and teacher (same character-level tokenizer)."""
     root = tmp_path_factory.mktemp("micro")
-    return {"student": save_tiny_model(root / "student", "micro", seed=0),
-            "teacher": save_tiny_model(root / "teacher", "micro", seed=1)}
+    return {
+        "student": save_tiny_model(root / "student", "micro", seed=0),
+        "teacher": save_tiny_model(root / "teacher", "micro", seed=1),
+    }
 
 
 def tiny_spec(models: dict[str, Path], **overrides: object) -> dict:
-    spec = {"method": "rlad", "student": str(models["student"]), "teacher": str(models["teacher"]), "steps": 4,
-            "batch_size": 8, "group_size": 4, "max_new_tokens": 8, "eval_every": 2, "eval_size": 8,
-            "checkpoint_every": 2, "lr": 1e-3, "task": {"name": "arithmetic", "levels": [1]}, "log_samples": 0}
+    spec = {
+        "method": "rlad",
+        "student": str(models["student"]),
+        "teacher": str(models["teacher"]),
+        "steps": 4,
+        "batch_size": 8,
+        "group_size": 4,
+        "max_new_tokens": 8,
+        "eval_every": 2,
+        "eval_size": 8,
+        "checkpoint_every": 2,
+        "lr": 1e-3,
+        "task": {"name": "arithmetic", "levels": [1]},
+        "log_samples": 0,
+    }
     spec.update(overrides)
     return spec

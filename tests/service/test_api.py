@@ -62,7 +62,9 @@ def test_idempotency_key_same_body_same_job_other_body_409(client, keys) -> None
 
 
 def test_list_paginates_newest_first_and_filters(client, keys) -> None:
-    ids = [submit(client, keys["red"], {**SPEC, "method": m}).json()["id"] for m in ("rlad", "grpo", "rlad", "kdrl", "opd")]
+    ids = [
+        submit(client, keys["red"], {**SPEC, "method": m}).json()["id"] for m in ("rlad", "grpo", "rlad", "kdrl", "opd")
+    ]
     h = auth(keys["red"])
     page1 = client.get("/v1/jobs?limit=2", headers=h).json()
     page2 = client.get(f"/v1/jobs?limit=2&after={page1['next_after']}", headers=h).json()
@@ -93,8 +95,15 @@ def test_cancel_a_queued_job_is_immediate_and_idempotent(client, keys) -> None:
 def test_teams_cannot_see_cancel_or_download_each_others_jobs(client, keys) -> None:
     job = submit(client, keys["red"]).json()
     blue = auth(keys["blue"])
-    for method, path in [("get", ""), ("post", "/cancel"), ("get", "/events"), ("get", "/metrics"),
-                         ("get", "/checkpoints"), ("get", "/checkpoints/0/download"), ("get", "/checkpoints/0")]:
+    for method, path in [
+        ("get", ""),
+        ("post", "/cancel"),
+        ("get", "/events"),
+        ("get", "/metrics"),
+        ("get", "/checkpoints"),
+        ("get", "/checkpoints/0/download"),
+        ("get", "/checkpoints/0"),
+    ]:
         r = getattr(client, method)(f"/v1/jobs/{job['id']}{path}", headers=blue)
         assert r.status_code == 404, (method, path, r.status_code)
         assert r.json()["error"]["code"] == "not_found"
@@ -122,8 +131,12 @@ def test_metrics_read_all_and_downsampled(client, keys) -> None:
 
     job = submit(client, keys["red"]).json()
     with session_scope() as s:
-        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": float(i), "reward_mean": 1.0}) for i in range(1, 101)])
-        metric_store.write_metrics(s, job_id=job["id"], rows=[(50, {"loss": float("nan")})])  # upsert, non-finite -> null
+        metric_store.write_metrics(
+            s, job_id=job["id"], rows=[(i, {"loss": float(i), "reward_mean": 1.0}) for i in range(1, 101)]
+        )
+        metric_store.write_metrics(
+            s, job_id=job["id"], rows=[(50, {"loss": float("nan")})]
+        )  # upsert, non-finite -> null
     h = auth(keys["red"])
     full = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss", headers=h).json()
     (loss,) = full["series"]
@@ -136,7 +149,9 @@ def test_metrics_read_all_and_downsampled(client, keys) -> None:
     assert series["loss"]["steps"] == [1, 12, 24, 36, 48, 60, 72, 84, 96]
     assert series["loss"]["values"] == [1.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0, 84.0, 96.0]
     assert series["reward_mean"]["values"] == [1.0] * 9
-    sparse = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=45&step_max=64", headers=h).json()
+    sparse = client.get(
+        f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=45&step_max=64", headers=h
+    ).json()
     assert sparse["bucket"] == 3 and sparse["series"][0]["steps"] == [45, 48, 51, 54, 57, 60, 63]
     assert sparse["series"][0]["values"][2] == 51.0
     nan = client.get(f"/v1/jobs/{job['id']}/metrics?key=loss&max_points=10&step_min=50&step_max=59", headers=h).json()
@@ -151,7 +166,9 @@ def test_a_sparse_key_keeps_every_point_when_it_has_fewer_than_max_points(client
 
     job = submit(client, keys["red"]).json()
     with session_scope() as s:
-        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"eval/accuracy": i / 1000}) for i in range(0, 1001, 25)])
+        metric_store.write_metrics(
+            s, job_id=job["id"], rows=[(i, {"eval/accuracy": i / 1000}) for i in range(0, 1001, 25)]
+        )
         metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": 1.0}) for i in range(1, 1001)])
     r = client.get(f"/v1/jobs/{job['id']}/metrics?max_points=100", headers=auth(keys["red"])).json()
     series = {s["key"]: s["steps"] for s in r["series"]}
@@ -170,13 +187,25 @@ def _fake_checkpoint(job_id: str, step: int, tiny_model: Path) -> None:
     from store.settings import get_settings
 
     store = get_result_store(get_settings().resolved_result_root)
-    path = save_checkpoint(store.job_dir(job_id) / "checkpoints", step, model=load_model(str(tiny_model)),
-                           tokenizer=load_tokenizer(str(tiny_model)), trainer_state={"step": step}, metrics={"loss": 1.0})
+    path = save_checkpoint(
+        store.job_dir(job_id) / "checkpoints",
+        step,
+        model=load_model(str(tiny_model)),
+        tokenizer=load_tokenizer(str(tiny_model)),
+        trainer_state={"step": step},
+        metrics={"loss": 1.0},
+    )
     with session_scope() as s:
-        ckpt_store.record_checkpoint(s, job_id=job_id, step=step, kind="final", location=store.checkpoint_location(job_id, step),
-                                     bytes=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
-                                     sha256=hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(),
-                                     metrics={"loss": 1.0})
+        ckpt_store.record_checkpoint(
+            s,
+            job_id=job_id,
+            step=step,
+            kind="final",
+            location=store.checkpoint_location(job_id, step),
+            bytes=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+            sha256=hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest(),
+            metrics={"loss": 1.0},
+        )
 
 
 def test_checkpoint_download_is_a_tar_of_the_hf_directory_with_sha256s(client, keys, micro_models, tmp_path) -> None:
@@ -268,7 +297,9 @@ def test_metrics_stream_sends_each_step_then_ends_with_the_status(client, keys) 
     h = auth(keys["red"])
     job = submit(client, keys["red"]).json()
     with session_scope() as s:
-        metric_store.write_metrics(s, job_id=job["id"], rows=[(1, {"loss": 0.5}), (2, {"loss": 0.25, "reward_mean": 1.0})])
+        metric_store.write_metrics(
+            s, job_id=job["id"], rows=[(1, {"loss": 0.5}), (2, {"loss": 0.25, "reward_mean": 1.0})]
+        )
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
     with client.stream("GET", f"/v1/jobs/{job['id']}/metrics/stream?poll_s=0.1", headers=h) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -278,9 +309,11 @@ def test_metrics_stream_sends_each_step_then_ends_with_the_status(client, keys) 
     for f in frames:
         fields = dict(line.split(": ", 1) for line in f.splitlines())
         parsed.append((fields["event"], json.loads(fields["data"])))
-    assert parsed == [("metrics", {"step": 1, "values": {"loss": 0.5}}),
-                      ("metrics", {"step": 2, "values": {"loss": 0.25, "reward_mean": 1.0}}),
-                      ("end", {"status": "cancelled"})]
+    assert parsed == [
+        ("metrics", {"step": 1, "values": {"loss": 0.5}}),
+        ("metrics", {"step": 2, "values": {"loss": 0.25, "reward_mean": 1.0}}),
+        ("end", {"status": "cancelled"}),
+    ]
 
 
 def test_polling_answers_from_the_cache_only_to_the_owner_and_cancel_refreshes_it(client, keys) -> None:
@@ -338,8 +371,9 @@ def test_concurrent_misses_of_one_job_share_one_query_and_a_write_during_it_is_n
         assert job_cache.get(job["id"], team_id) is None
 
         async def missing() -> list[BaseException]:
-            return await asyncio.gather(*(job_cache.load("job_nope", team_id, 1.0) for _ in range(3)),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(job_cache.load("job_nope", team_id, 1.0) for _ in range(3)), return_exceptions=True
+            )
 
         assert all(isinstance(e, NotFound) for e in asyncio.run(missing()))
     finally:

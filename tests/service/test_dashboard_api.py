@@ -60,9 +60,20 @@ def test_samples_are_newest_first_filtered_and_pruned(client, keys) -> None:
     job = submit(client, keys["red"])
     with session_scope() as s:
         for step in range(1, sample_store.KEEP + 11):
-            sample_store.write_samples(s, job_id=job["id"], step=step, rows=[
-                {"prompt": f"{step}+1=", "completion": "x" * 20_000, "reward": 0.5, "correct": False,
-                 "eval": step % 10 == 0}])
+            sample_store.write_samples(
+                s,
+                job_id=job["id"],
+                step=step,
+                rows=[
+                    {
+                        "prompt": f"{step}+1=",
+                        "completion": "x" * 20_000,
+                        "reward": 0.5,
+                        "correct": False,
+                        "eval": step % 10 == 0,
+                    }
+                ],
+            )
     h = auth(keys["red"])
     items = client.get(f"/v1/jobs/{job['id']}/samples", params={"limit": 3}, headers=h).json()["items"]
     last = sample_store.KEEP + 10

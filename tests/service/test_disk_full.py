@@ -51,7 +51,8 @@ def _wait_for_disk_full(job_id: str) -> None:
 
 
 def test_a_full_result_store_pauses_the_job_which_finishes_once_space_is_freed(
-        service_env, micro_models, small_disk, fill_disk, monkeypatch) -> None:
+    service_env, micro_models, small_disk, fill_disk, monkeypatch
+) -> None:
     disk = small_disk(16 << 20)
     reserve = 256 << 10
     monkeypatch.setenv("RLAD_RESULT_ROOT", str(disk / "results"))
@@ -98,15 +99,21 @@ def test_a_full_result_store_pauses_the_job_which_finishes_once_space_is_freed(
     (full,) = [data for kind, data in events if kind == "disk_full"]
     job_dir_ckpts = disk / "results" / "jobs" / job_id / "checkpoints"
     # needed: the newest checkpoint's size plus the margin, plus the reserve from the settings
-    assert full == {"step": 2, "needed_bytes": int(step1_bytes[0] * (1 + ck.MARGIN_FRACTION)) + ck.MARGIN_BYTES + reserve,
-                    "free_bytes": 0, "path": str(job_dir_ckpts)}
+    assert full == {
+        "step": 2,
+        "needed_bytes": int(step1_bytes[0] * (1 + ck.MARGIN_FRACTION)) + ck.MARGIN_BYTES + reserve,
+        "free_bytes": 0,
+        "path": str(job_dir_ckpts),
+    }
     kinds = [k for k, _ in events]
     assert kinds.index("disk_full") < [i for i, k in enumerate(kinds) if k == "checkpoint_saved"][-1]
     assert [d["step"] for k, d in events if k == "checkpoint_saved"] == [1, 2] and kinds[-1] == "succeeded"
     assert [p.name for p in ck.list_checkpoints(job_dir_ckpts)] == ["step-1", "step-2"]
     assert sorted(p.name for p in job_dir_ckpts.iterdir()) == ["step-1", "step-2"]
-    print(f"\njob paused at step 2 ({full['needed_bytes']} B needed, {full['free_bytes']} B free); "
-          f"finished {finished_at - seen['freed_at']:.2f} s after space was freed")
+    print(
+        f"\njob paused at step 2 ({full['needed_bytes']} B needed, {full['free_bytes']} B free); "
+        f"finished {finished_at - seen['freed_at']:.2f} s after space was freed"
+    )
 
 
 def test_a_job_waiting_for_disk_space_can_be_cancelled(service_env, micro_models, monkeypatch) -> None:

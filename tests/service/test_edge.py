@@ -31,8 +31,20 @@ def submit(client, key: str, spec: dict | None = None, **headers: str) -> httpx.
 def uvicorn_server(env: dict[str, str]) -> Iterator[int]:
     """`uvicorn api.app:create_app` in its own process with `env` over ours; yields its port."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
-                             "--log-level", "warning"], env={**os.environ, **env})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -80,22 +92,36 @@ def test_an_unauthenticated_300mb_post_is_401_before_its_body_is_read(keys, serv
         for auth_header in ("", "Authorization: Bearer rlad_not_a_key\r\n"):
             # Content-Length promises 300 MB and 64 KB arrive: the answer comes without the server waiting for the rest
             status, headers, body = raw_request(
-                port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth_header}"
-                      f"Content-Length: {300 * 1024 * 1024}\r\n", b"[" * 65536)
+                port,
+                f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth_header}"
+                f"Content-Length: {300 * 1024 * 1024}\r\n",
+                b"[" * 65536,
+            )
             assert status == 401 and headers["www-authenticate"] == "Bearer"
             assert json.loads(body)["error"]["code"] == "unauthorized"
         # a chunked body that never ends
-        status, _, _ = raw_request(port, "POST /v1/datasets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                                         "Content-Type: multipart/form-data; boundary=b\r\n", b"10000\r\n" + b"x" * 65536)
+        status, _, _ = raw_request(
+            port,
+            "POST /v1/datasets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n",
+            b"10000\r\n" + b"x" * 65536,
+        )
         assert status == 401
         # an authenticated one beyond the cap is refused at once, on its Content-Length alone
-        status, _, body = raw_request(port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['red']}"
-                                            f"\r\nContent-Type: application/json\r\nContent-Length: {300 * 1024 * 1024}\r\n")
+        status, _, body = raw_request(
+            port,
+            f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['red']}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: {300 * 1024 * 1024}\r\n",
+        )
         assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
         # so is an upload beyond RLAD_MAX_UPLOAD_BYTES and the multipart allowance: nothing of it is parsed or spooled
-        status, _, body = raw_request(port, f"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                                            f"{keys['red']}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                                            f"Content-Length: {10 * 1024 * 1024}\r\n", b"--b\r\n")
+        status, _, body = raw_request(
+            port,
+            f"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{keys['red']}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {10 * 1024 * 1024}\r\n",
+            b"--b\r\n",
+        )
         assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
 
 
@@ -109,7 +135,7 @@ def test_an_authenticated_json_body_over_the_cap_is_413_and_stores_nothing(clien
         payload = json.dumps(big).encode()
         for i in range(0, len(payload), 65536):
             read.append(i)
-            yield payload[i:i + 65536]
+            yield payload[i : i + 65536]
 
     r = client.post("/v1/jobs", content=chunks(), headers={**auth(keys["red"]), "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
@@ -127,8 +153,10 @@ def test_an_oversized_upload_is_413_and_stores_no_dataset(client, keys, monkeypa
     r = client.post("/v1/datasets", files={"file": ("big.jsonl", line * 10_000)}, headers=h)  # 340 KB
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
     boundary = "rladboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
     def chunked_upload() -> Iterator[bytes]:
         yield head
@@ -136,8 +164,11 @@ def test_an_oversized_upload_is_413_and_stores_no_dataset(client, keys, monkeypa
             yield line * 100
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = client.post("/v1/datasets", content=chunked_upload(),
-                    headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post(
+        "/v1/datasets",
+        content=chunked_upload(),
+        headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
     assert client.get("/v1/datasets", headers=h).json()["items"] == []
     assert client.post("/v1/datasets", files={"file": ("ok.jsonl", line)}, headers=h).status_code == 201
@@ -150,11 +181,17 @@ def test_an_oversized_upload_is_413_and_stores_no_dataset(client, keys, monkeypa
 
 def test_a_refused_database_is_503_with_retry_after_and_readyz_hides_the_details(tmp_path) -> None:
     dead = free_port()  # nothing listens there: connection refused
-    env = {"RLAD_DATA_DIR": str(tmp_path / "data"),
-           "RLAD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{dead}/rlad"}
+    env = {
+        "RLAD_DATA_DIR": str(tmp_path / "data"),
+        "RLAD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{dead}/rlad",
+    }
     with uvicorn_server(env) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        for method, path in [("GET", "/v1/jobs/job_0123456789abcdef01234567"), ("GET", "/v1/jobs"),
-                             ("POST", "/v1/jobs"), ("GET", "/v1/queue")]:
+        for method, path in [
+            ("GET", "/v1/jobs/job_0123456789abcdef01234567"),
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/jobs"),
+            ("GET", "/v1/queue"),
+        ]:
             r = http.request(method, path, headers=auth("rlad_some_key"), json=SPEC if method == "POST" else None)
             assert r.status_code == 503, (method, path, r.text)
             assert int(r.headers["retry-after"]) > 0 and r.json()["error"]["code"] == "database_unavailable"
@@ -162,8 +199,10 @@ def test_a_refused_database_is_503_with_retry_after_and_readyz_hides_the_details
         # a dashboard page over a dead database is 503 too, not 500
         assert http.get("/ui/jobs", headers={"Cookie": "rlad_session=x"}).status_code == 503
         ready = http.get("/readyz")
-        assert ready.status_code == 503 and ready.json() == {"status": "unavailable",
-                                                             "checks": {"database": "unavailable", "broker": "ok"}}
+        assert ready.status_code == 503 and ready.json() == {
+            "status": "unavailable",
+            "checks": {"database": "unavailable", "broker": "ok"},
+        }
         for secret in (str(dead), "127.0.0.1", "psycopg", "Error", "refused", "SELECT"):
             assert secret not in ready.text
 
@@ -176,9 +215,14 @@ def test_a_database_lost_after_sign_in_is_503_on_every_route(client, keys, monke
     assert client.get("/v1/jobs", headers=h).status_code == 200  # the key is now cached: auth needs no query
     monkeypatch.setenv("RLAD_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/rlad")
     reset_caches()
-    for method, path in [("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{job['id']}/events"), ("POST", "/v1/jobs"),
-                         ("GET", f"/v1/jobs/{job['id']}/metrics"), ("POST", f"/v1/jobs/{job['id']}/cancel"),
-                         ("GET", "/v1/datasets")]:
+    for method, path in [
+        ("GET", "/v1/jobs"),
+        ("GET", f"/v1/jobs/{job['id']}/events"),
+        ("POST", "/v1/jobs"),
+        ("GET", f"/v1/jobs/{job['id']}/metrics"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+        ("GET", "/v1/datasets"),
+    ]:
         r = client.request(method, path, headers=h, json=SPEC if path == "/v1/jobs" and method == "POST" else None)
         assert r.status_code == 503 and r.headers["retry-after"] == "5", (method, path, r.text)
         assert r.json()["error"]["code"] == "database_unavailable"
@@ -189,9 +233,19 @@ def test_a_database_lost_after_sign_in_is_503_on_every_route(client, keys, monke
 # ---------------------------------------------------------------------------------------------------------
 
 
-JOB_SUBPATHS = [("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/metrics"), ("GET", "/metrics/latest"),
-                ("GET", "/samples"), ("GET", "/metrics/stream"), ("GET", "/checkpoints"), ("GET", "/checkpoints/1"),
-                ("GET", "/checkpoints/1/download"), ("GET", "/checkpoints/1/files/config.json")]
+JOB_SUBPATHS = [
+    ("GET", ""),
+    ("POST", "/cancel"),
+    ("GET", "/events"),
+    ("GET", "/metrics"),
+    ("GET", "/metrics/latest"),
+    ("GET", "/samples"),
+    ("GET", "/metrics/stream"),
+    ("GET", "/checkpoints"),
+    ("GET", "/checkpoints/1"),
+    ("GET", "/checkpoints/1/download"),
+    ("GET", "/checkpoints/1/files/config.json"),
+]
 
 
 @pytest.mark.parametrize("bad_id", ["a%00b", "job_%00", "job_0123%00", "JOB_ABC", "job_xyz"])
@@ -205,9 +259,13 @@ def test_a_malformed_job_id_is_404_on_every_job_route(client, keys, bad_id: str)
 def test_nul_in_query_strings_is_422_naming_the_parameter(client, keys) -> None:
     h = auth(keys["red"])
     job = submit(client, keys["red"]).json()
-    for path, field in [("/v1/jobs?method=a%00b", "method"), ("/v1/jobs?after=a%00b", "after"),
-                        ("/v1/jobs?after=job_1%00", "after"), (f"/v1/jobs/{job['id']}/metrics?key=a%00b", "key"),
-                        (f"/v1/jobs/{job['id']}/metrics/latest?key=loss&key=%00", "key")]:
+    for path, field in [
+        ("/v1/jobs?method=a%00b", "method"),
+        ("/v1/jobs?after=a%00b", "after"),
+        ("/v1/jobs?after=job_1%00", "after"),
+        (f"/v1/jobs/{job['id']}/metrics?key=a%00b", "key"),
+        (f"/v1/jobs/{job['id']}/metrics/latest?key=loss&key=%00", "key"),
+    ]:
         r = client.get(path, headers=h)
         assert r.status_code == 422, (path, r.status_code, r.text)
         assert r.json()["error"]["code"] == "invalid_request"
@@ -221,7 +279,8 @@ def test_nul_in_a_body_is_422_or_dropped_never_500(client, keys) -> None:
     h = auth(keys["red"])
     r = submit(client, keys["red"], {**SPEC, "name": "a\x00b"})
     assert r.status_code == 422 and r.json()["error"]["fields"] == [
-        {"field": "name", "message": "contains a NUL character; fix: remove it"}]
+        {"field": "name", "message": "contains a NUL character; fix: remove it"}
+    ]
     r = submit(client, keys["red"], {**SPEC, "task": {"name": "jsonl", "path": "dataset:\x00"}})
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "task.path"
     line = b'{"prompt": "1+1=", "answer": "2"}\n'
@@ -256,10 +315,14 @@ def test_unparsable_json_is_400_and_a_non_json_body_is_415(client, keys) -> None
     assert err["message"].startswith("the body is not valid JSON: ") and "character 17" in err["message"]
     r = client.post("/v1/jobs", content=json.dumps(SPEC), headers={**auth(keys["red"]), "Content-Type": "text/plain"})
     assert r.status_code == 415 and r.json()["error"] == {
-        "code": "unsupported_media_type", "fields": [],
-        "message": "send the job spec as JSON with Content-Type: application/json"}
+        "code": "unsupported_media_type",
+        "fields": [],
+        "message": "send the job spec as JSON with Content-Type: application/json",
+    }
     assert client.get("/v1/jobs", headers=auth(keys["red"])).json()["items"] == []
-    r = client.post("/v1/jobs", content=json.dumps(SPEC), headers={**h, "Content-Type": "application/json; charset=utf-8"})
+    r = client.post(
+        "/v1/jobs", content=json.dumps(SPEC), headers={**h, "Content-Type": "application/json; charset=utf-8"}
+    )
     assert r.status_code == 202
 
 
@@ -277,7 +340,9 @@ def test_a_team_at_its_active_job_limit_gets_429_and_nothing_is_stored(client, k
     assert submit(client, keys["red"]).status_code == 202
     r = submit(client, keys["red"])
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
-    assert r.json()["error"]["code"] == "quota_exceeded" and "max_active_jobs_per_team=2" in r.json()["error"]["message"]
+    assert (
+        r.json()["error"]["code"] == "quota_exceeded" and "max_active_jobs_per_team=2" in r.json()["error"]["message"]
+    )
     assert len(client.get("/v1/jobs", headers=h).json()["items"]) == 2
     # the same idempotent request still returns its job; another team has its own quota
     assert submit(client, keys["red"], **{"Idempotency-Key": "one"}).status_code == 200
@@ -315,7 +380,8 @@ def _stream_steps(client, path: str, headers: dict[str, str]) -> list[int]:
 
 
 def test_a_stream_without_a_cursor_starts_with_the_newest_points_and_a_cursor_resumes_exactly(
-        client, keys, monkeypatch) -> None:
+    client, keys, monkeypatch
+) -> None:
     from api.routes import metrics as metric_routes
     from store import metrics as metric_store
     from store.db import session_scope

@@ -37,9 +37,11 @@ def reference(points: dict[str, dict[int, float]], lo: int, hi: int, width: int)
 
 def test_downsampled_reads_match_the_definition_for_dense_and_sparse_keys(job_id: str) -> None:
     rng = random.Random(7)
-    points = {"loss": {s: s * 0.5 for s in range(0, 5000)},                    # every step
-              "eval/accuracy": {s: s / 1e4 for s in range(0, 5000, 25)},       # every 25 steps
-              "rare": {s: 1.0 for s in rng.sample(range(5000), 40)}}           # scattered
+    points = {
+        "loss": {s: s * 0.5 for s in range(0, 5000)},  # every step
+        "eval/accuracy": {s: s / 1e4 for s in range(0, 5000, 25)},  # every 25 steps
+        "rare": {s: 1.0 for s in rng.sample(range(5000), 40)},
+    }  # scattered
     rows: dict[int, dict[str, float]] = {}
     for key, by_step in points.items():
         for step, v in by_step.items():
@@ -49,11 +51,17 @@ def test_downsampled_reads_match_the_definition_for_dense_and_sparse_keys(job_id
         i = 0
         while i < len(batch):
             n = rng.randint(1, 700)
-            metric_store.write_metrics(s, job_id=job_id, rows=batch[i:i + n])
+            metric_store.write_metrics(s, job_id=job_id, rows=batch[i : i + n])
             i += n
-    cases = [(0, 4999, 1000), (0, 4999, 100), (1, 4999, 7), (37, 3211, 50), (123, 130, 3), (999, 4000, 2999),
-             (4990, 4999, 1)] + [(lo, lo + rng.randint(0, 4999 - lo), rng.randint(1, 600))
-                                 for lo in rng.sample(range(4999), 30)]
+    cases = [
+        (0, 4999, 1000),
+        (0, 4999, 100),
+        (1, 4999, 7),
+        (37, 3211, 50),
+        (123, 130, 3),
+        (999, 4000, 2999),
+        (4990, 4999, 1),
+    ] + [(lo, lo + rng.randint(0, 4999 - lo), rng.randint(1, 600)) for lo in rng.sample(range(4999), 30)]
     with session_scope() as s:
         for lo, hi, max_points in cases:
             got = metric_store.read_metrics(s, job_id=job_id, step_min=lo, step_max=hi, max_points=max_points)
@@ -85,6 +93,6 @@ def test_rewritten_steps_replace_points_and_rollups_and_a_rebuild_agrees(job_id:
 @pytest.mark.parametrize(("lo", "hi", "max_points"), [(0, 99, 10), (1, 1_000_000, 1000), (5, 5, 1), (0, 10**9, 3)])
 def test_bucket_width_keeps_within_max_points(lo: int, hi: int, max_points: int) -> None:
     width, level = metric_store.bucket_width(lo, hi, max_points)
-    assert width % metric_store.ROLLUP_BASE ** level == 0
+    assert width % metric_store.ROLLUP_BASE**level == 0
     assert hi // width - lo // width + 1 <= max_points
-    assert width < 2 * max(1, -(-(hi - lo + 1) // max_points)) + metric_store.ROLLUP_BASE ** level
+    assert width < 2 * max(1, -(-(hi - lo + 1) // max_points)) + metric_store.ROLLUP_BASE**level

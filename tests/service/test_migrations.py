@@ -10,8 +10,20 @@ from sqlalchemy import create_engine, inspect, text
 from store.migrate import downgrade, upgrade
 from store.models import Base
 
-OUR_TABLES = {"teams", "api_keys", "jobs", "job_events", "metrics", "metric_rollups", "checkpoints", "datasets",
-              "job_samples", "workers", "ui_sessions", "alembic_version"}
+OUR_TABLES = {
+    "teams",
+    "api_keys",
+    "jobs",
+    "job_events",
+    "metrics",
+    "metric_rollups",
+    "checkpoints",
+    "datasets",
+    "job_samples",
+    "workers",
+    "ui_sessions",
+    "alembic_version",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -74,8 +74,9 @@ def fake_checkpoint(job_id: str, step: int, model_dir: Path) -> Path:
     path = store.checkpoint_dir(location)
     shutil.copytree(model_dir, path)
     with session_scope() as s:
-        ckpt_store.record_checkpoint(s, job_id=job_id, step=step, kind="periodic", location=location, bytes=1,
-                                     sha256="0" * 64, metrics={})
+        ckpt_store.record_checkpoint(
+            s, job_id=job_id, step=step, kind="periodic", location=location, bytes=1, sha256="0" * 64, metrics={}
+        )
     return path
 
 
@@ -95,8 +96,7 @@ def localize(job_id: str) -> dict:
     store, settings = store_and_settings()
     with session_scope() as s:
         job = job_store.get_job(s, team_id=None, job_id=job_id)
-        return refs.localize_refs(s, team_id=job.team_id, spec=dict(job.spec_resolved), store=store,
-                                  settings=settings)
+        return refs.localize_refs(s, team_id=job.team_id, spec=dict(job.spec_resolved), store=store, settings=settings)
 
 
 @pytest.fixture
@@ -117,8 +117,13 @@ def test_another_teams_checkpoint_folder_by_path_is_refused(client, keys, micro_
     red_job = submit(client, keys["red"], tiny_spec(micro_models)).json()
     folder = fake_checkpoint(red_job["id"], 2, micro_models["student"])
     missing = folder.with_name("step-999")
-    msg = assert_same_refusal(client, keys["blue"], "student", tiny_spec(micro_models, student=str(folder)),
-                              tiny_spec(micro_models, student=str(missing)))
+    msg = assert_same_refusal(
+        client,
+        keys["blue"],
+        "student",
+        tiny_spec(micro_models, student=str(folder)),
+        tiny_spec(micro_models, student=str(missing)),
+    )
     assert "checkpoint:" in msg and "RLAD_MODEL_ROOTS" in msg and str(folder) not in msg
     # the result store is never readable by path, even by its owner (refs are the way in)
     assert refused(submit(client, keys["red"], tiny_spec(micro_models, student=str(folder))), "student") == msg
@@ -134,31 +139,56 @@ def test_another_teams_dataset_file_by_path_is_refused(client, keys, micro_model
     store, _ = store_and_settings()
     path = store.dataset_path(location)
     assert path.is_file()
-    msg = assert_same_refusal(client, keys["blue"], "task.path", jsonl_spec(micro_models, str(path)),
-                              jsonl_spec(micro_models, str(path.with_name("no-such.jsonl"))))
+    msg = assert_same_refusal(
+        client,
+        keys["blue"],
+        "task.path",
+        jsonl_spec(micro_models, str(path)),
+        jsonl_spec(micro_models, str(path.with_name("no-such.jsonl"))),
+    )
     assert "dataset:<id>" in msg and "RLAD_MODEL_ROOTS" in msg
 
 
 def test_etc_passwd_as_a_task_path_is_refused(client, keys, micro_models) -> None:
     assert Path("/etc/passwd").exists() and not Path("/etc/no-such-rlad-file").exists()
-    assert_same_refusal(client, keys["blue"], "task.path", jsonl_spec(micro_models, "/etc/passwd"),
-                        jsonl_spec(micro_models, "/etc/no-such-rlad-file"))
+    assert_same_refusal(
+        client,
+        keys["blue"],
+        "task.path",
+        jsonl_spec(micro_models, "/etc/passwd"),
+        jsonl_spec(micro_models, "/etc/no-such-rlad-file"),
+    )
 
 
 def test_a_relative_path_is_refused(client, keys, micro_models) -> None:
     here = Path("tests/service/conftest.py")
     assert here.exists()  # relative to the API's working directory
-    assert_same_refusal(client, keys["red"], "task.path", jsonl_spec(micro_models, str(here)),
-                        jsonl_spec(micro_models, "tests/service/no-such.jsonl"))
+    assert_same_refusal(
+        client,
+        keys["red"],
+        "task.path",
+        jsonl_spec(micro_models, str(here)),
+        jsonl_spec(micro_models, "tests/service/no-such.jsonl"),
+    )
     # a relative model path (not a Hugging Face org/name) as well
-    assert_same_refusal(client, keys["red"], "student", tiny_spec(micro_models, student="./tests/service"),
-                        tiny_spec(micro_models, student="./tests/no-such-dir"))
+    assert_same_refusal(
+        client,
+        keys["red"],
+        "student",
+        tiny_spec(micro_models, student="./tests/service"),
+        tiny_spec(micro_models, student="./tests/no-such-dir"),
+    )
 
 
 def test_dot_dot_out_of_a_root_is_refused(client, keys, micro_models, tmp_path_factory) -> None:
     root = tmp_path_factory.getbasetemp()
-    assert_same_refusal(client, keys["red"], "student", tiny_spec(micro_models, student=f"{root}/../../etc"),
-                        tiny_spec(micro_models, student=f"{root}/../../no-such-rlad-dir"))
+    assert_same_refusal(
+        client,
+        keys["red"],
+        "student",
+        tiny_spec(micro_models, student=f"{root}/../../etc"),
+        tiny_spec(micro_models, student=f"{root}/../../no-such-rlad-dir"),
+    )
     # `..` that would stay inside the root is refused too: no path tricks at all
     inside = f"{micro_models['student']}/../student"
     assert refused(submit(client, keys["red"], tiny_spec(micro_models, student=inside)), "student")
@@ -167,8 +197,13 @@ def test_dot_dot_out_of_a_root_is_refused(client, keys, micro_models, tmp_path_f
 def test_a_symlink_inside_a_root_pointing_outside_is_refused(client, keys, micro_models, tmp_path) -> None:
     (tmp_path / "to-etc").symlink_to("/etc")
     (tmp_path / "dangling").symlink_to("/no-such-rlad-dir")
-    msg = assert_same_refusal(client, keys["red"], "student", tiny_spec(micro_models, student=str(tmp_path / "to-etc")),
-                              tiny_spec(micro_models, student=str(tmp_path / "dangling")))
+    msg = assert_same_refusal(
+        client,
+        keys["red"],
+        "student",
+        tiny_spec(micro_models, student=str(tmp_path / "to-etc")),
+        tiny_spec(micro_models, student=str(tmp_path / "dangling")),
+    )
     # nor into the result store, which lies inside the same temporary tree
     store, _ = store_and_settings()
     store.root.mkdir(parents=True, exist_ok=True)
@@ -181,23 +216,34 @@ def test_another_teams_checkpoint_ref_is_refused(client, keys, micro_models) -> 
     red_job = submit(client, keys["red"], tiny_spec(micro_models)).json()
     fake_checkpoint(red_job["id"], 2, micro_models["student"])
     for ref in (f"checkpoint:{red_job['id']}", f"checkpoint:{red_job['id']}/2"):
-        msg = assert_same_refusal(client, keys["blue"], "teacher", tiny_spec(micro_models, teacher=ref),
-                                  tiny_spec(micro_models, teacher="checkpoint:job-no-such-job/2"))
+        msg = assert_same_refusal(
+            client,
+            keys["blue"],
+            "teacher",
+            tiny_spec(micro_models, teacher=ref),
+            tiny_spec(micro_models, teacher="checkpoint:job-no-such-job/2"),
+        )
         assert red_job["id"] not in msg and "checkpoint:<job id>" in msg
 
 
 def test_another_teams_dataset_ref_is_refused(client, keys, micro_models) -> None:
     ds = upload(client, keys["red"])
-    msg = assert_same_refusal(client, keys["blue"], "task.path", jsonl_spec(micro_models, ds["task_path"]),
-                              jsonl_spec(micro_models, "dataset:ds-no-such-dataset"))
+    msg = assert_same_refusal(
+        client,
+        keys["blue"],
+        "task.path",
+        jsonl_spec(micro_models, ds["task_path"]),
+        jsonl_spec(micro_models, "dataset:ds-no-such-dataset"),
+    )
     assert ds["id"] not in msg and "POST /v1/datasets" in msg
     assert submit(client, keys["red"], jsonl_spec(micro_models, ds["task_path"])).status_code == 202
 
 
 def test_refs_in_the_wrong_field_are_refused(client, keys, micro_models) -> None:
     ds = upload(client, keys["red"])
-    assert "not a model" in refused(submit(client, keys["red"], tiny_spec(micro_models, student=ds["task_path"])),
-                                    "student")
+    assert "not a model" in refused(
+        submit(client, keys["red"], tiny_spec(micro_models, student=ds["task_path"])), "student"
+    )
     job = submit(client, keys["red"], tiny_spec(micro_models)).json()
     fake_checkpoint(job["id"], 2, micro_models["student"])
     r = submit(client, keys["red"], jsonl_spec(micro_models, f"checkpoint:{job['id']}"))
@@ -244,8 +290,12 @@ def test_localize_turns_refs_into_result_store_paths(client, keys, micro_models,
     step2 = fake_checkpoint(job["id"], 2, micro_models["student"])
     step4 = fake_checkpoint(job["id"], 4, micro_models["student"])
     ds = upload(client, keys["red"])
-    spec = tiny_spec(micro_models, student=f"checkpoint:{job['id']}/2", reference=f"checkpoint:{job['id']}",
-                     task={"name": "jsonl", "path": ds["task_path"]})
+    spec = tiny_spec(
+        micro_models,
+        student=f"checkpoint:{job['id']}/2",
+        reference=f"checkpoint:{job['id']}",
+        task={"name": "jsonl", "path": ds["task_path"]},
+    )
     new = submit(client, keys["red"], spec).json()
     local = localize(new["id"])
     assert local["student"] == str(step2) and local["reference"] == str(step4)  # no step: the newest
@@ -254,8 +304,9 @@ def test_localize_turns_refs_into_result_store_paths(client, keys, micro_models,
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_localize_refuses_a_symlink_swapped_after_submission(client, keys, micro_models, tmp_path,
-                                                             offline_restored) -> None:
+def test_localize_refuses_a_symlink_swapped_after_submission(
+    client, keys, micro_models, tmp_path, offline_restored
+) -> None:
     from rlad_core.config import ConfigError
 
     link = tmp_path / "current-student"
@@ -271,8 +322,9 @@ def test_localize_refuses_a_symlink_swapped_after_submission(client, keys, micro
         assert exc.value.errors[0][0] == "student" and "RLAD_MODEL_ROOTS" in exc.value.errors[0][1]
 
 
-def test_localize_an_uncached_hugging_face_id_fails_at_once_offline(client, keys, micro_models,
-                                                                    offline_restored) -> None:
+def test_localize_an_uncached_hugging_face_id_fails_at_once_offline(
+    client, keys, micro_models, offline_restored
+) -> None:
     job = submit(client, keys["red"], tiny_spec(micro_models, teacher="rlad-test/not-cached-anywhere")).json()
     t0 = time.monotonic()
     with pytest.raises(FileNotFoundError, match=HF_CACHE_MISS) as exc:
@@ -280,8 +332,9 @@ def test_localize_an_uncached_hugging_face_id_fails_at_once_offline(client, keys
     assert time.monotonic() - t0 < 5 and "rlad-test/not-cached-anywhere" in str(exc.value)
 
 
-def test_localize_a_cached_hugging_face_id_is_its_snapshot(client, keys, micro_models, tmp_path, monkeypatch,
-                                                           offline_restored) -> None:
+def test_localize_a_cached_hugging_face_id_is_its_snapshot(
+    client, keys, micro_models, tmp_path, monkeypatch, offline_restored
+) -> None:
     from huggingface_hub import constants
 
     repo = tmp_path / "hf-cache" / "models--rlad-test--micro"
@@ -341,15 +394,17 @@ def test_a_job_trains_from_its_teams_previous_checkpoint(client, keys, micro_mod
     assert ckpt["step"] == 2
 
 
-def test_a_job_whose_model_is_not_cached_fails_not_found_without_retry(client, keys, micro_models,
-                                                                       offline_restored) -> None:
+def test_a_job_whose_model_is_not_cached_fails_not_found_without_retry(
+    client, keys, micro_models, offline_restored
+) -> None:
     job = submit(client, keys["red"], tiny_spec(micro_models, student="rlad-test/not-cached-anywhere")).json()
     rc, (status, code, message) = _claim_and_run(job["id"])
     assert (rc, status, code) == (1, "failed", "not_found") and HF_CACHE_MISS in message
 
 
-def test_a_missing_path_under_the_root_fails_the_job_not_found(client, keys, micro_models, tmp_path,
-                                                               offline_restored) -> None:
+def test_a_missing_path_under_the_root_fails_the_job_not_found(
+    client, keys, micro_models, tmp_path, offline_restored
+) -> None:
     job = submit(client, keys["red"], tiny_spec(micro_models, student=str(tmp_path / "no-such-model"))).json()
     rc, (status, code, message) = _claim_and_run(job["id"])
     assert (rc, status, code) == (1, "failed", "not_found") and "no-such-model" in message

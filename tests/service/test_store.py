@@ -171,5 +171,5 @@ def test_a_cuda_device_no_live_worker_has_is_refused_at_submission(service_env) 
         job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:1"})
         with pytest.raises(InvalidSpec) as exc:
             job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:2"})
-    (field, message), = exc.value.errors
+    ((field, message),) = exc.value.errors
     assert field == "device" and "at most 2 CUDA devices" in message and "cuda:0..cuda:1" in message

@@ -33,11 +33,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     redis.Redis.from_url(REDIS).flushdb()
-    svc = LocalService(tmp_path_factory.mktemp("stack"), port=free_port(), env={
-        "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", "RLAD_BROKER_URL": REDIS,
-        "RLAD_REAPER_INTERVAL_S": "1", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_HEARTBEAT_TIMEOUT_S": "30",
-        "RLAD_CANCEL_GRACE_S": "8", "RLAD_METRICS_FLUSH_S": "0.5", **model_roots_env(tmp_path_factory),
-    })
+    svc = LocalService(
+        tmp_path_factory.mktemp("stack"),
+        port=free_port(),
+        env={
+            "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}",
+            "RLAD_BROKER_URL": REDIS,
+            "RLAD_REAPER_INTERVAL_S": "1",
+            "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+            "RLAD_HEARTBEAT_TIMEOUT_S": "30",
+            "RLAD_CANCEL_GRACE_S": "8",
+            "RLAD_METRICS_FLUSH_S": "0.5",
+            **model_roots_env(tmp_path_factory),
+        },
+    )
     svc.start()
     try:
         yield svc
@@ -144,7 +153,7 @@ def test_trainer_killed_is_lost_requeued_and_resumes_with_continuous_metrics(htt
     evs = events(http, job["id"])
     kinds = [e["kind"] for e in evs]
     i = kinds.index("lost")
-    assert kinds[i:i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
+    assert kinds[i : i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
     assert "signal 9" in evs[i]["data"]["reason"]
     resumed_step = evs[i + 3]["data"]["step"]
     assert resumed_step >= 50 and resumed_step % 50 == 0 and evs[i + 3]["attempt"] == 2

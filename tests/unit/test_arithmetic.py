@@ -21,13 +21,16 @@ def true_value(prompt: str) -> int:
     return int(a) + int(b) if op == "+" else int(a) * int(b)
 
 
-@pytest.mark.parametrize(("a", "op", "b", "expected"), [
-    (3, "+", 4, "3+4=7;#7"),
-    (37, "+", 45, "7+5=12;3+4+1=8;#82"),
-    (999, "+", 5, "9+5=14;9+0+1=10;9+0+1=10;#1004"),
-    (47, "*", 6, "7*6=42;4*6+4=28;#282"),
-    (47, "*", 36, "7*6=42;4*6+4=28;=282;7*3=21;4*3+2=14;=1410;282+1410=1692;#1692"),
-])
+@pytest.mark.parametrize(
+    ("a", "op", "b", "expected"),
+    [
+        (3, "+", 4, "3+4=7;#7"),
+        (37, "+", 45, "7+5=12;3+4+1=8;#82"),
+        (999, "+", 5, "9+5=14;9+0+1=10;9+0+1=10;#1004"),
+        (47, "*", 6, "7*6=42;4*6+4=28;#282"),
+        (47, "*", 36, "7*6=42;4*6+4=28;=282;7*3=21;4*3+2=14;=1410;282+1410=1692;#1692"),
+    ],
+)
 def test_worked_format(a: int, op: str, b: int, expected: str) -> None:
     assert worked_solution(a, op, b) == expected
 
@@ -67,17 +70,20 @@ EX = Example(prompt="37+45=", answer="82", difficulty=2)
 TASK = ArithmeticTask()
 
 
-@pytest.mark.parametrize(("completion", "correct", "formatted", "reward"), [
-    ("7+5=12;3+4+1=8;#82", True, True, 1.0),
-    ("#82", True, True, 1.0),
-    ("7+5=12;3+4+1=8;#  82  ", True, True, 1.0),
-    ("#82;#82", True, True, 1.0),  # repeating the same final answer is not ambiguous
-    ("7+5=12;3+4+1=8;#81", False, True, 0.1),
-    ("7+5=12;3+4+1=8;82", False, False, 0.0),  # no marker
-    ("#", False, False, 0.0),  # marker without a number
-    ("", False, False, 0.0),
-    ("#82;#81", False, False, 0.0),  # two different final answers
-])
+@pytest.mark.parametrize(
+    ("completion", "correct", "formatted", "reward"),
+    [
+        ("7+5=12;3+4+1=8;#82", True, True, 1.0),
+        ("#82", True, True, 1.0),
+        ("7+5=12;3+4+1=8;#  82  ", True, True, 1.0),
+        ("#82;#82", True, True, 1.0),  # repeating the same final answer is not ambiguous
+        ("7+5=12;3+4+1=8;#81", False, True, 0.1),
+        ("7+5=12;3+4+1=8;82", False, False, 0.0),  # no marker
+        ("#", False, False, 0.0),  # marker without a number
+        ("", False, False, 0.0),
+        ("#82;#81", False, False, 0.0),  # two different final answers
+    ],
+)
 def test_scoring(completion: str, correct: bool, formatted: bool, reward: float) -> None:
     score = TASK.score(completion, EX)
     assert (score.correct, score.formatted) == (correct, formatted)

@@ -78,7 +78,9 @@ def test_all_errors_reported_together():
 
 
 def test_round_trips_through_json_and_yaml(tmp_path):
-    c = parse_config({**BASE, "method": "kdrl", "task": {"name": "knights_knaves", "n_people": [3, 2]}, "teacher_clamp": None})
+    c = parse_config(
+        {**BASE, "method": "kdrl", "task": {"name": "knights_knaves", "n_people": [3, 2]}, "teacher_clamp": None}
+    )
     assert c.task.n_people == [2, 3]
     assert TrainConfig.model_validate(json.loads(json.dumps(c.to_json_dict()))) == c
     p = tmp_path / "c.yaml"
@@ -159,6 +161,6 @@ def test_a_device_this_machine_lacks_is_a_config_error_before_any_load():
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ConfigError) as exc:
         _resolve_device(f"cuda:{n + 98}")
-    (field, message), = exc.value.errors
+    ((field, message),) = exc.value.errors
     assert field == "device" and f"cuda:{n + 98}" in message and f"has {n} CUDA device" in message
     assert _resolve_device("cpu") == "cpu"

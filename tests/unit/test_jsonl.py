@@ -48,23 +48,26 @@ def test_good_file_loads(tmp_path: Path) -> None:
     assert task.difficulties == (0, 1, 2)
 
 
-@pytest.mark.parametrize(("bad_line", "message"), [
-    ('{"prompt": "q", "answer": ', "invalid JSON"),
-    ('["q", "a"]', "expected a JSON object, got an array"),
-    ('"just a string"', "expected a JSON object"),
-    ('{"answer": "a"}', 'missing field "prompt"'),
-    ('{"prompt": "q"}', 'missing field "answer"'),
-    ('{"prompt": 3, "answer": "a"}', 'field "prompt" must be a string, got a number'),
-    ('{"prompt": "q", "answer": 3}', 'field "answer" must be a string, got a number'),
-    ('{"prompt": "q", "answer": null}', 'field "answer" must be a string, got null'),
-    ('{"prompt": "   ", "answer": "a"}', 'field "prompt" is empty'),
-    ('{"prompt": "q", "answer": ""}', 'field "answer" is empty'),
-    ('{"prompt": "q", "answer": "1\\n2"}', "spans several lines"),
-    ('{"prompt": "q", "answer": "a", "difficulty": -1}', '"difficulty" must be a non-negative integer'),
-    ('{"prompt": "q", "answer": "a", "difficulty": 1.5}', '"difficulty" must be a non-negative integer'),
-    ('{"prompt": "q", "answer": "a", "difficulty": "2"}', '"difficulty" must be a non-negative integer'),
-    ('{"prompt": "q", "answer": "a", "difficulty": true}', '"difficulty" must be a non-negative integer'),
-])
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"prompt": "q", "answer": ', "invalid JSON"),
+        ('["q", "a"]', "expected a JSON object, got an array"),
+        ('"just a string"', "expected a JSON object"),
+        ('{"answer": "a"}', 'missing field "prompt"'),
+        ('{"prompt": "q"}', 'missing field "answer"'),
+        ('{"prompt": 3, "answer": "a"}', 'field "prompt" must be a string, got a number'),
+        ('{"prompt": "q", "answer": 3}', 'field "answer" must be a string, got a number'),
+        ('{"prompt": "q", "answer": null}', 'field "answer" must be a string, got null'),
+        ('{"prompt": "   ", "answer": "a"}', 'field "prompt" is empty'),
+        ('{"prompt": "q", "answer": ""}', 'field "answer" is empty'),
+        ('{"prompt": "q", "answer": "1\\n2"}', "spans several lines"),
+        ('{"prompt": "q", "answer": "a", "difficulty": -1}', '"difficulty" must be a non-negative integer'),
+        ('{"prompt": "q", "answer": "a", "difficulty": 1.5}', '"difficulty" must be a non-negative integer'),
+        ('{"prompt": "q", "answer": "a", "difficulty": "2"}', '"difficulty" must be a non-negative integer'),
+        ('{"prompt": "q", "answer": "a", "difficulty": true}', '"difficulty" must be a non-negative integer'),
+    ],
+)
 def test_bad_line_names_file_line_and_problem(tmp_path: Path, bad_line: str, message: str) -> None:
     path = write(tmp_path, GOOD[:3] + [bad_line] + GOOD[3:])  # the bad line is line 4 (line 2 is blank)
     with pytest.raises(DatasetError) as info:
@@ -78,8 +81,11 @@ def test_bad_line_names_file_line_and_problem(tmp_path: Path, bad_line: str, mes
 
 def test_missing_answer_message_says_the_fix(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD[:1] * 6 + ['{"prompt": "q"}'])
-    with pytest.raises(DatasetError, match=r'line 7: missing field "answer" \(each line must be a JSON object '
-                                           r'with string fields "prompt" and "answer"\)'):
+    with pytest.raises(
+        DatasetError,
+        match=r'line 7: missing field "answer" \(each line must be a JSON object '
+        r'with string fields "prompt" and "answer"\)',
+    ):
         JsonlTask(path)
 
 
@@ -156,36 +162,42 @@ def test_examples_cycle_with_a_reshuffle_per_pass() -> None:
 # --- answer extraction and comparison ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("completion", "expected"), [
-    ("ANSWER: 3\nso \\boxed{\\frac{1}{2}} and 7", "\\frac{1}{2}"),  # last box wins over everything
-    ("\\boxed{1} then \\boxed{2}", "2"),
-    ("#4\nANSWER: 5.\n6", "5"),  # ANSWER: beats # and the last number; trailing period dropped
-    ("answer:  $x+1$ \nmore text", "x+1"),
-    ("7 apples\n#### 72\nthat is all 9", "72"),
-    ("the sum is 12, or maybe -3.5", "-3.5"),
-    ("it is 1,000", "1,000"),
-    ("no digits here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("ANSWER: 3\nso \\boxed{\\frac{1}{2}} and 7", "\\frac{1}{2}"),  # last box wins over everything
+        ("\\boxed{1} then \\boxed{2}", "2"),
+        ("#4\nANSWER: 5.\n6", "5"),  # ANSWER: beats # and the last number; trailing period dropped
+        ("answer:  $x+1$ \nmore text", "x+1"),
+        ("7 apples\n#### 72\nthat is all 9", "72"),
+        ("the sum is 12, or maybe -3.5", "-3.5"),
+        ("it is 1,000", "1,000"),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
 def test_extraction_order(completion: str, expected: str | None) -> None:
     assert extract_answer(completion) == expected
 
 
-@pytest.mark.parametrize(("predicted", "gold", "match"), [
-    ("1/2", "0.5", True),
-    ("0.5", "\\frac{1}{2}", True),
-    ("\\frac{1}{2}", "1/2", True),
-    ("2", "\\boxed{2}", True),
-    ("2.0", "2", True),
-    ("1,000", "1000", True),
-    ("(x+1)^2", "x^2+2x+1", True),
-    ("1/3", "0.5", False),
-    ("3", "2", False),
-    ("paris", "Paris", True),
-    ("  The  Moon ", "the moon.", True),
-    ("Sirap", "Paris", False),  # as math both would be the product of the same letters
-    ("\\text{Paris}", "Paris", True),
-])
+@pytest.mark.parametrize(
+    ("predicted", "gold", "match"),
+    [
+        ("1/2", "0.5", True),
+        ("0.5", "\\frac{1}{2}", True),
+        ("\\frac{1}{2}", "1/2", True),
+        ("2", "\\boxed{2}", True),
+        ("2.0", "2", True),
+        ("1,000", "1000", True),
+        ("(x+1)^2", "x^2+2x+1", True),
+        ("1/3", "0.5", False),
+        ("3", "2", False),
+        ("paris", "Paris", True),
+        ("  The  Moon ", "the moon.", True),
+        ("Sirap", "Paris", False),  # as math both would be the product of the same letters
+        ("\\text{Paris}", "Paris", True),
+    ],
+)
 def test_answers_match(predicted: str, gold: str, match: bool) -> None:
     assert answers_match(predicted, gold) is match
 
@@ -209,8 +221,11 @@ def test_score_rewards_and_format() -> None:
 
 def test_scoring_works_from_a_worker_thread() -> None:
     task = make_task(3)
-    cases = [("\\boxed{0.5}", Example("half?", "\\frac{1}{2}", 0)), ("ANSWER: 0.25", Example("half?", "1/2", 0)),
-             ("ANSWER: x^2+2x+1", Example("sq", "(x+1)^2", 0))]
+    cases = [
+        ("\\boxed{0.5}", Example("half?", "\\frac{1}{2}", 0)),
+        ("ANSWER: 0.25", Example("half?", "1/2", 0)),
+        ("ANSWER: x^2+2x+1", Example("sq", "(x+1)^2", 0)),
+    ]
     in_main = [task.score(c, e) for c, e in cases]
     in_thread: list = []
     worker = threading.Thread(target=lambda: in_thread.extend(task.score(c, e) for c, e in cases))

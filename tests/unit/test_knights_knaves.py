@@ -162,12 +162,18 @@ def test_solution_check_lines_state_each_speakers_truth() -> None:
 def test_solution_of_a_known_puzzle() -> None:
     meta = {"names": ["Ann", "Bob"], "statements": [["is", 1, False], ["different", 0, 1]]}
     e = Example(prompt="", answer="Ann=knave, Bob=knight", difficulty=2, meta=meta)
-    assert KnightsKnavesTask().solution(e) == ("Ann=knave; Bob=knave: false\n"
-                                               "Bob=knight; Ann!=Bob: true\n"
-                                               "ANSWER: Ann=knave, Bob=knight")
-    meta = {"names": ["Ann", "Bob", "Cal", "Dan"],
-            "statements": [["and", ["is", 1, False], ["is", 2, True]], ["or", ["is", 0, False], ["is", 3, True]],
-                           ["if", ["is", 1, True], ["is", 3, True]], ["same", 0, 2]]}
+    assert KnightsKnavesTask().solution(e) == (
+        "Ann=knave; Bob=knave: false\nBob=knight; Ann!=Bob: true\nANSWER: Ann=knave, Bob=knight"
+    )
+    meta = {
+        "names": ["Ann", "Bob", "Cal", "Dan"],
+        "statements": [
+            ["and", ["is", 1, False], ["is", 2, True]],
+            ["or", ["is", 0, False], ["is", 3, True]],
+            ["if", ["is", 1, True], ["is", 3, True]],
+            ["same", 0, 2],
+        ],
+    }
     e = Example(prompt="", answer="Ann=knight, Bob=knave, Cal=knight, Dan=knave", difficulty=4, meta=meta)
     assert KnightsKnavesTask().solution(e).splitlines()[:4] == [
         "Ann=knight; Bob=knave & Cal=knight: true",
@@ -181,15 +187,18 @@ EX = Example(prompt="(3-person puzzle)", answer="Ann=knight, Bob=knave, Zoe=knig
 TASK = KnightsKnavesTask()
 
 
-@pytest.mark.parametrize("completion", [
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight",
-    "some reasoning\nANSWER: Zoe=knight, Ann=knight, Bob=knave",
-    "ANSWER:   Ann = knight ,Bob=knave,    Zoe =knight  ",
-    "answer: ann=Knight, BOB=KNAVE, zoe=KnIgHt.",
-    "ANSWER: Ann=knight; Bob=knave; Zoe=knight",
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight\nANSWER: Bob=knave, Zoe=knight, Ann=knight",
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight\ntrailing text after the answer",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight",
+        "some reasoning\nANSWER: Zoe=knight, Ann=knight, Bob=knave",
+        "ANSWER:   Ann = knight ,Bob=knave,    Zoe =knight  ",
+        "answer: ann=Knight, BOB=KNAVE, zoe=KnIgHt.",
+        "ANSWER: Ann=knight; Bob=knave; Zoe=knight",
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight\nANSWER: Bob=knave, Zoe=knight, Ann=knight",
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight\ntrailing text after the answer",
+    ],
+)
 def test_harmless_variations_are_correct(completion: str) -> None:
     assert TASK.score(completion, EX).correct
     assert TASK.score(completion, EX).reward == pytest.approx(1.0 + 2.0)
@@ -201,19 +210,22 @@ def test_wrong_but_parseable_answer() -> None:
     assert score.reward == pytest.approx(1.0 - 1.5)
 
 
-@pytest.mark.parametrize("completion", [
-    "",
-    "Ann=knight, Bob=knave, Zoe=knight",  # no ANSWER marker
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight, Ann=knight",  # listed twice, same role
-    "ANSWER: Ann=knight, Ann=knave, Bob=knave, Zoe=knight",  # both roles for one person
-    "ANSWER: Ann=knight, Bob=knave",  # missing person
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight, Max=knave",  # unknown name
-    "ANSWER: Ann=knight, Bob=knave, Max=knight",  # unknown name instead of a person
-    "ANSWER: Ann=knight, Bob=wizard, Zoe=knight",  # unknown role
-    "ANSWER: Ann=knight or knave, Bob=knave, Zoe=knight",  # hedging text
-    "ANSWER: Ann=knight, Bob=knave, Zoe=knight\nANSWER: Ann=knave, Bob=knave, Zoe=knight",  # contradicting lines
-    "ANSWER:",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "",
+        "Ann=knight, Bob=knave, Zoe=knight",  # no ANSWER marker
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight, Ann=knight",  # listed twice, same role
+        "ANSWER: Ann=knight, Ann=knave, Bob=knave, Zoe=knight",  # both roles for one person
+        "ANSWER: Ann=knight, Bob=knave",  # missing person
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight, Max=knave",  # unknown name
+        "ANSWER: Ann=knight, Bob=knave, Max=knight",  # unknown name instead of a person
+        "ANSWER: Ann=knight, Bob=wizard, Zoe=knight",  # unknown role
+        "ANSWER: Ann=knight or knave, Bob=knave, Zoe=knight",  # hedging text
+        "ANSWER: Ann=knight, Bob=knave, Zoe=knight\nANSWER: Ann=knave, Bob=knave, Zoe=knight",  # contradicting lines
+        "ANSWER:",
+    ],
+)
 def test_ambiguous_or_missing_answers_are_unparseable(completion: str) -> None:
     score = TASK.score(completion, EX)
     assert not score.correct and not score.formatted
@@ -221,15 +233,24 @@ def test_ambiguous_or_missing_answers_are_unparseable(completion: str) -> None:
 
 
 def test_reward_values_are_configurable() -> None:
-    task = KnightsKnavesTask(format_reward=0.5, format_penalty=0.0, correct_reward=1.0, wrong_penalty=-0.25,
-                             unparseable_penalty=-1.0)
+    task = KnightsKnavesTask(
+        format_reward=0.5, format_penalty=0.0, correct_reward=1.0, wrong_penalty=-0.25, unparseable_penalty=-1.0
+    )
     assert task.score("ANSWER: Ann=knight, Bob=knave, Zoe=knight", EX).reward == pytest.approx(1.5)
     assert task.score("ANSWER: Ann=knave, Bob=knave, Zoe=knight", EX).reward == pytest.approx(0.25)
     assert task.score("nothing", EX).reward == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("bad", [dict(n_people=[1, 2]), dict(n_people=[9]), dict(n_people=[]),
-                                 dict(statement_kinds=["maybe"]), dict(statement_kinds=[])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n_people=[1, 2]),
+        dict(n_people=[9]),
+        dict(n_people=[]),
+        dict(statement_kinds=["maybe"]),
+        dict(statement_kinds=[]),
+    ],
+)
 def test_invalid_options_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         KnightsKnavesTask(**bad)

@@ -23,7 +23,7 @@ from rlad_core.scoring import completion_logprobs, score_in_chunks
 def test_char_tokenizer_round_trips_and_is_deterministic():
     a, b = build_char_tokenizer(), build_char_tokenizer()
     assert a.get_vocab() == b.get_vocab()
-    text = "Ann says: \"Bob is a knave.\"\n12+34=46"
+    text = 'Ann says: "Bob is a knave."\n12+34=46'
     ids = a(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text) and a.decode(ids) == text
     assert a(text)["input_ids"][0] == a.bos_token_id
@@ -56,7 +56,10 @@ def test_tokenizer_mismatch_is_a_clear_error():
 def test_format_prompt_uses_chat_template_only_when_present():
     tok = build_char_tokenizer()
     assert format_prompt(tok, "1+1=") == "1+1="
-    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}"
+    )
     assert format_prompt(tok, "1+1=") == "<user>1+1=<a>"
     assert format_prompt(tok, "1+1=", use_chat_template=False) == "1+1="
     ids = encode_prompts(tok, ["1+1="])[0]
@@ -72,8 +75,8 @@ def test_completion_logprobs_with_left_padding_match_unpadded_rows():
     ids = torch.full((2, Lp + 3), tok.pad_token_id)
     attn = torch.zeros((2, Lp + 3), dtype=torch.long)
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        ids[i, Lp - len(p):] = torch.tensor(p + c)
-        attn[i, Lp - len(p):] = 1
+        ids[i, Lp - len(p) :] = torch.tensor(p + c)
+        attn[i, Lp - len(p) :] = 1
     attn[1, -1] = 0
     with torch.no_grad():
         logp, ent = completion_logprobs(model, ids, attn, 3, with_entropy=True)

@@ -54,8 +54,18 @@ def _randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torc
 
 
 def _common(**kw) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=128, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **kw)
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        **kw,
+    )
 
 
 def _build(kind: str) -> torch.nn.Module:
@@ -64,17 +74,24 @@ def _build(kind: str) -> torch.nn.Module:
     if kind == "tiny-llama":  # the project's own factory (MHA, tied embeddings, default RoPE)
         return _randomize(build_tiny_model(build_char_tokenizer(), TINY_SIZES["micro"]))
     if kind == "llama-gqa-llama3rope":  # GQA, untied head, attention and MLP biases, llama3 RoPE scaling
-        cfg = LlamaConfig(**_common(num_key_value_heads=2, tie_word_embeddings=False, attention_bias=True,
-                                    mlp_bias=True),
-                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                           "original_max_position_embeddings": 16})
+        cfg = LlamaConfig(
+            **_common(num_key_value_heads=2, tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
         return _randomize(LlamaForCausalLM(cfg))
     if kind == "qwen2":  # q/k/v biases, GQA
         return _randomize(Qwen2ForCausalLM(Qwen2Config(**_common(num_key_value_heads=2, tie_word_embeddings=True))))
     if kind == "qwen3":  # q/k norms, explicit head_dim != hidden / heads
-        return _randomize(Qwen3ForCausalLM(Qwen3Config(**_common(num_key_value_heads=2, head_dim=24,
-                                                                 tie_word_embeddings=False))))
+        return _randomize(
+            Qwen3ForCausalLM(Qwen3Config(**_common(num_key_value_heads=2, head_dim=24, tie_word_embeddings=False)))
+        )
     if kind == "mistral":  # sliding window larger than any sequence here
         return _randomize(MistralForCausalLM(MistralConfig(**_common(num_key_value_heads=1, sliding_window=64))))
     raise AssertionError(kind)
@@ -89,8 +106,10 @@ def models() -> dict[str, torch.nn.Module]:
 
 
 def _engines(model: torch.nn.Module, eos=EOS) -> dict[str, HFEngine | FastEngine]:
-    return {"hf": HFEngine(model, eos_token_id=eos, pad_token_id=PAD),
-            "fast": FastEngine(model, eos_token_id=eos, pad_token_id=PAD)}
+    return {
+        "hf": HFEngine(model, eos_token_id=eos, pad_token_id=PAD),
+        "fast": FastEngine(model, eos_token_id=eos, pad_token_id=PAD),
+    }
 
 
 def _assert_rollouts_equal(a: Rollouts, b: Rollouts, logp_atol: float = 1e-4) -> None:
@@ -118,8 +137,9 @@ def test_fast_prefill_and_decode_logits_equal_hf_full_forward(models, arch):
         dec.end()
         full_ids = torch.cat([ids, completion], dim=1)  # (B, Lp + T)
         full_mask = torch.cat([mask, torch.ones_like(completion)], dim=1)
-        ref = model(input_ids=full_ids, attention_mask=full_mask,
-                    position_ids=position_ids_from_mask(full_mask)).logits[:, ids.shape[1] - 1 : -1]  # (B, T, V)
+        ref = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask)
+        ).logits[:, ids.shape[1] - 1 : -1]  # (B, T, V)
     assert ref.abs().max() > 1.0  # the comparison is not between two near-zero tensors
     torch.testing.assert_close(torch.stack(fast, dim=1), ref.float(), atol=1e-4, rtol=0)
 
@@ -237,8 +257,9 @@ def test_fast_and_hf_draw_the_same_samples_from_the_same_seed(models):
 def test_finish_masks_after_first_eos_and_keeps_it():
     tokens = torch.tensor([[5, EOS, 7, EOS], [EOS, 3, 4, 5], [6, 7, 8, 9]])
     logp = -torch.arange(1, 13, dtype=torch.float32).view(3, 4)
-    r = _finish(torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long), tokens, logp,
-                torch.tensor([EOS]), PAD)
+    r = _finish(
+        torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long), tokens, logp, torch.tensor([EOS]), PAD
+    )
     assert r.completion_ids.tolist() == [[5, EOS, PAD, PAD], [EOS, PAD, PAD, PAD], [6, 7, 8, 9]]
     assert r.completion_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert r.sample_logp.tolist() == [[-1, -2, 0, 0], [-5, 0, 0, 0], [-9, -10, -11, -12]]
@@ -317,8 +338,9 @@ def test_unsupported_architectures_raise_value_error_pointing_to_hf():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
     with pytest.raises(ValueError, match="engine 'hf'"):
         make_engine("fast", gpt2, eos_token_id=EOS, pad_token_id=PAD)
-    dynamic = LlamaForCausalLM(LlamaConfig(**_common(rope_parameters={"rope_type": "dynamic", "factor": 2.0,
-                                                                      "rope_theta": 10000.0})))
+    dynamic = LlamaForCausalLM(
+        LlamaConfig(**_common(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}))
+    )
     with pytest.raises(ValueError, match="rope type 'dynamic'"):
         make_engine("fast", dynamic, eos_token_id=EOS, pad_token_id=PAD)
     with pytest.raises(ValueError, match="unknown rollout engine"):
@@ -355,8 +377,9 @@ def test_vllm_engine_greedy_matches_hf(tmp_path):  # pragma: no cover - needs a 
     model = _build("tiny-llama")
     model.save_pretrained(tmp_path)
     build_char_tokenizer().save_pretrained(tmp_path)
-    engine = make_engine("vllm", str(tmp_path), eos_token_id=EOS, pad_token_id=PAD, dtype="float32",
-                         gpu_memory_utilization=0.2)
+    engine = make_engine(
+        "vllm", str(tmp_path), eos_token_id=EOS, pad_token_id=PAD, dtype="float32", gpu_memory_utilization=0.2
+    )
     params = SamplingParams(max_new_tokens=8, temperature=0.0)
     vl = engine.generate(PROMPTS, params)
     assert torch.equal(vl.completion_ids, _engines(model)["hf"].generate(PROMPTS, params).completion_ids)

@@ -9,10 +9,20 @@ from store.models import JobStatus as S
 from store.states import ALLOWED, EVENT_FOR, TERMINAL, check
 
 LIFECYCLE = [
-    (S.queued, S.starting), (S.starting, S.running), (S.running, S.succeeded), (S.running, S.failed),
-    (S.queued, S.cancelled), (S.running, S.cancelling), (S.cancelling, S.cancelled), (S.running, S.lost),
-    (S.lost, S.queued), (S.lost, S.failed), (S.starting, S.cancelling), (S.starting, S.failed),
-    (S.running, S.queued), (S.starting, S.queued),  # released by a stopping worker
+    (S.queued, S.starting),
+    (S.starting, S.running),
+    (S.running, S.succeeded),
+    (S.running, S.failed),
+    (S.queued, S.cancelled),
+    (S.running, S.cancelling),
+    (S.cancelling, S.cancelled),
+    (S.running, S.lost),
+    (S.lost, S.queued),
+    (S.lost, S.failed),
+    (S.starting, S.cancelling),
+    (S.starting, S.failed),
+    (S.running, S.queued),
+    (S.starting, S.queued),  # released by a stopping worker
 ]
 
 
@@ -29,8 +39,17 @@ def test_terminal_states_have_no_way_out(terminal: S) -> None:
             check(terminal, target)
 
 
-@pytest.mark.parametrize(("a", "b"), [(S.queued, S.running), (S.queued, S.succeeded), (S.cancelling, S.queued),
-                                      (S.lost, S.running), (S.cancelling, S.running), (S.running, S.starting)])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (S.queued, S.running),
+        (S.queued, S.succeeded),
+        (S.cancelling, S.queued),
+        (S.lost, S.running),
+        (S.cancelling, S.running),
+        (S.running, S.starting),
+    ],
+)
 def test_skipping_a_state_raises(a: S, b: S) -> None:
     with pytest.raises(InvalidTransition, match=f"{a.value} cannot become {b.value}"):
         check(a, b)

@@ -15,9 +15,14 @@ from rlad_core.tasks.base import Example, check_request, in_eval_partition
 
 def test_registry_builds_each_task(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n" + json.dumps({"prompt": "2+2?", "answer": "4"}))
-    built = [get_task("knights_knaves", n_people=[2, 3]), get_task("arithmetic", levels=[1, 2]),
-             get_task("jsonl", path=str(path), eval_fraction=0.5)]
+    path.write_text(
+        json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n" + json.dumps({"prompt": "2+2?", "answer": "4"})
+    )
+    built = [
+        get_task("knights_knaves", n_people=[2, 3]),
+        get_task("arithmetic", levels=[1, 2]),
+        get_task("jsonl", path=str(path), eval_fraction=0.5),
+    ]
     assert [type(t) for t in built] == [KnightsKnavesTask, ArithmeticTask, JsonlTask]
     assert [t.name for t in built] == list(TASKS) == ["knights_knaves", "arithmetic", "jsonl"]
     assert built[0].difficulties == (2, 3) and built[1].difficulties == (1, 2)
@@ -71,7 +76,12 @@ def test_tasks_package_imports_no_torch() -> None:
     for source in package_dir.glob("*.py"):
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] not in {"torch", "transformers", "numpy"}, f"{source.name} imports {name}"
