@@ -20,8 +20,11 @@ from rich.table import Table
 # no per-shard progress bars from transformers / huggingface_hub under our own (set before they are imported)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-app = typer.Typer(help="RLAD: RL-aware knowledge distillation of reasoning LLMs.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="RLAD: RL-aware knowledge distillation of reasoning LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -31,7 +34,9 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE (for example --set steps=20 or --set task.levels=[1,2])")
+            raise typer.BadParameter(
+                f"{pair!r} is not KEY=VALUE (for example --set steps=20 or --set task.levels=[1,2])"
+            )
         out[key] = yaml.safe_load(value)  # "20" -> 20, "[1,2]" -> [1, 2], "null" -> None
     return out
 
@@ -39,8 +44,12 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
 @app.command()
 def train(
     config_path: Annotated[Path, typer.Argument(help="YAML (or JSON) job config", metavar="CONFIG")],
-    set_: Annotated[list[str], typer.Option("--set", help="override a field: --set steps=20 --set task.levels=[1]")] = [],  # noqa: B006
-    resume: Annotated[str | None, typer.Option(help="'auto' (latest checkpoint in the output dir) or a checkpoint directory")] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="override a field: --set steps=20 --set task.levels=[1]")
+    ] = [],  # noqa: B006
+    resume: Annotated[
+        str | None, typer.Option(help="'auto' (latest checkpoint in the output dir) or a checkpoint directory")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Run a training job locally (same config as the REST API accepts)."""
@@ -128,8 +137,16 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-STATUS_STYLE = {"queued": "yellow", "starting": "cyan", "running": "cyan", "cancelling": "magenta",
-                "succeeded": "green", "failed": "red", "cancelled": "magenta", "lost": "red"}
+STATUS_STYLE = {
+    "queued": "yellow",
+    "starting": "cyan",
+    "running": "cyan",
+    "cancelling": "magenta",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "lost": "red",
+}
 
 
 @contextmanager
@@ -141,8 +158,11 @@ def _service_errors() -> Iterator[None]:
         yield
     except ApiError as exc:
         # an invalid spec's message is its field errors joined: then list them once, one a line
-        summary = exc.code.replace("_", " ") if exc.fields and all(
-            f.message in exc.message for f in exc.fields) else exc.message
+        summary = (
+            exc.code.replace("_", " ")
+            if exc.fields and all(f.message in exc.message for f in exc.fields)
+            else exc.message
+        )
         err.print(f"[red]error: {escape(summary)}[/red] [dim](HTTP {exc.status}, {exc.code})[/dim]")
         for f in exc.fields:
             err.print(f"[red]  {escape(f.field)}: {escape(f.message)}[/red]")
@@ -189,8 +209,9 @@ def _read_spec(path: Path, overrides: dict[str, object]) -> dict[str, object]:
     except yaml.YAMLError as exc:
         raise typer.BadParameter(f"{path} is not valid YAML: {exc}", param_hint="SPEC") from None
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must hold a mapping of spec fields, got {type(data).__name__}",
-                                 param_hint="SPEC")
+        raise typer.BadParameter(
+            f"{path} must hold a mapping of spec fields, got {type(data).__name__}", param_hint="SPEC"
+        )
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -205,9 +226,13 @@ def _read_spec(path: Path, overrides: dict[str, object]) -> dict[str, object]:
 def _absolute_local_paths(spec: dict[str, object]) -> dict[str, object]:
     """Model and dataset paths that exist here, made absolute: the workers do not share this directory
     (a relative path would be read from the worker's). Hub ids and `dataset:` ids are left as they are."""
+
     def fix(value: object) -> object:
-        return str(Path(value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() \
-            and Path(value).exists() else value
+        return (
+            str(Path(value).resolve())
+            if isinstance(value, str) and not Path(value).is_absolute() and Path(value).exists()
+            else value
+        )
 
     out = {k: fix(v) if k in ("student", "teacher", "reference") else v for k, v in spec.items()}
     task = out.get("task")
@@ -227,13 +252,25 @@ def _wait_with_progress(client, job: dict, poll_s: float) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TextColumn("reward {task.fields[reward]}"),
-        TextColumn("eval acc {task.fields[acc]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
-        console=err, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TextColumn("reward {task.fields[reward]}"),
+        TextColumn("eval acc {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=err,
+        transient=False,
     )
-    task = progress.add_task(job.get("name") or job["method"], total=job["total_steps"] or None,
-                             status=_styled(job["status"]), reward="-", acc="-", eta="-")
+    task = progress.add_task(
+        job.get("name") or job["method"],
+        total=job["total_steps"] or None,
+        status=_styled(job["status"]),
+        reward="-",
+        acc="-",
+        eta="-",
+    )
     last_step = -1
 
     def update(j: dict) -> None:
@@ -260,10 +297,16 @@ def _wait_with_progress(client, job: dict, poll_s: float) -> dict:
 @app.command()
 def submit(
     spec_path: Annotated[Path, typer.Argument(help="YAML (or JSON) job spec", metavar="SPEC")],
-    set_: Annotated[list[str], typer.Option("--set", help="override a field: --set steps=20 --set task.levels=[1]")] = [],  # noqa: B006
+    set_: Annotated[
+        list[str], typer.Option("--set", help="override a field: --set steps=20 --set task.levels=[1]")
+    ] = [],  # noqa: B006
     wait: Annotated[bool, typer.Option("--wait", help="follow the job with a progress bar until it ends")] = False,
-    idempotency_key: Annotated[str | None, typer.Option(
-        help="same key + same spec = the same job (default: a new key, kept across this command's retries)")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="same key + same spec = the same job (default: a new key, kept across this command's retries)"
+        ),
+    ] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls with --wait")] = 1.0,
 ) -> None:
     """Submit a job to the service; prints the job id (exit code 1 with --wait if it fails or is cancelled)."""
@@ -333,9 +376,15 @@ def status(
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    rows = [("id", job["id"]), ("name", escape(job.get("name") or "-")), ("method", job["method"]),
-            ("status", _styled(job["status"])), ("steps", f"{job['steps_done']}/{job['total_steps']}"),
-            ("attempt", f"{job['attempt']}/{job['max_attempts']}"), ("queue", job["queue"])]
+    rows = [
+        ("id", job["id"]),
+        ("name", escape(job.get("name") or "-")),
+        ("method", job["method"]),
+        ("status", _styled(job["status"])),
+        ("steps", f"{job['steps_done']}/{job['total_steps']}"),
+        ("attempt", f"{job['attempt']}/{job['max_attempts']}"),
+        ("queue", job["queue"]),
+    ]
     if job.get("queue_position"):
         rows.append(("queue position", str(job["queue_position"])))
     if job.get("eta_s") is not None:
@@ -345,10 +394,17 @@ def status(
     if job.get("worker"):
         rows.append(("worker", escape(job["worker"])))
     if job.get("error_code") or job.get("error_message"):
-        rows.append(("error", f"[red]{escape(str(job.get('error_code') or ''))}: "
-                              f"{escape(str(job.get('error_message') or ''))}[/red]"))
-    rows += [("created", _fmt_time(job["created_at"])), ("started", _fmt_time(job.get("started_at"))),
-             ("finished", _fmt_time(job.get("finished_at")))]
+        rows.append(
+            (
+                "error",
+                f"[red]{escape(str(job.get('error_code') or ''))}: {escape(str(job.get('error_message') or ''))}[/red]",
+            )
+        )
+    rows += [
+        ("created", _fmt_time(job["created_at"])),
+        ("started", _fmt_time(job.get("started_at"))),
+        ("finished", _fmt_time(job.get("finished_at"))),
+    ]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -356,8 +412,12 @@ def status(
 
 def _print_event(e: dict) -> None:
     data = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["data"].items())
-    console.print(f"{e['id']:>6}  {_fmt_time(e['created_at'])}  [bold]{e['kind']:<16}[/bold] "
-                  f"attempt={e['attempt']} {escape(data)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{e['id']:>6}  {_fmt_time(e['created_at'])}  [bold]{e['kind']:<16}[/bold] "
+        f"attempt={e['attempt']} {escape(data)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -413,8 +473,14 @@ def download(
 
     from rlad.client import MANIFEST
 
-    progress = Progress(TextColumn("[bold]download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err)
+    progress = Progress(
+        TextColumn("[bold]download"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
     task = progress.add_task("download", total=None)
 
     def on_progress(done: int, total: int) -> None:
@@ -432,29 +498,24 @@ def download(
 @keys_app.command("create")
 def keys_create(team: Annotated[str, typer.Option(help="team name (created if new)")]) -> None:
     """Mint an API key for a team in the service's database (RLAD_DATA_DIR / RLAD_DATABASE_URL); shown once."""
-    try:
-        from sqlalchemy.exc import SQLAlchemyError
+    import subprocess
 
-        from store.db import session_scope
-        from store.settings import get_settings
-        from store.teams import create_api_key
-    except ImportError as exc:
-        err.print(f"[red]error: the service's store is not importable ({escape(str(exc))}); fix: run this where "
-                  "the service is installed (pip install -e . in the repository)[/red]")
-        raise typer.Exit(1) from None
+    from rlad.service import admin_command
 
     if not team.strip():
         raise typer.BadParameter("the team name is empty", param_hint="--team")
-    try:
-        with session_scope() as session:
-            key = create_api_key(session, team_name=team.strip())
-    except SQLAlchemyError as exc:
-        url = get_settings().resolved_database_url
-        err.print(f"[red]error: cannot write the key to the database {escape(url)}: "
-                  f"{escape(str(exc).splitlines()[0])}[/red]")
-        err.print("[red]fix: start the service once with `rlad up` (it creates the database), or set "
-                  "RLAD_DATA_DIR / RLAD_DATABASE_URL to the service's[/red]")
-        raise typer.Exit(1) from None
+    # through the store's own command line: this side of the project imports no store code
+    done = subprocess.run(admin_command("create-key", "--team", team.strip()), capture_output=True, text=True)
+    if done.returncode != 0:
+        if "No module named" in done.stderr:
+            err.print(
+                "[red]error: the service's store is not installed here; fix: run this where the service is "
+                "installed (pip install -e . in the repository)[/red]"
+            )
+        else:
+            err.print(f"[red]{escape(done.stderr.strip())}[/red]")
+        raise typer.Exit(1)
+    key = done.stdout.strip()
     console.print(key, highlight=False, soft_wrap=True)
     err.print(f"API key for team {escape(team)}; it is shown only this once: use it as RLAD_API_KEY")
 
@@ -467,8 +528,9 @@ def datasets_upload(
     """Upload a JSONL dataset; prints the task path to use as task.path of a jsonl task."""
     with _service_errors(), _client() as client:
         ds = client.upload_dataset(file, name=name)
-    console.print(f"dataset {ds['id']} ({escape(ds['name'])}): {ds['lines']} examples, {ds['bytes']} bytes",
-                  highlight=False)
+    console.print(
+        f"dataset {ds['id']} ({escape(ds['name'])}): {ds['lines']} examples, {ds['bytes']} bytes", highlight=False
+    )
     console.print(f"use it as: task: {{name: jsonl, path: {ds['task_path']}}}", highlight=False)
 
 
@@ -484,11 +546,10 @@ def datasets_list() -> None:
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("created", no_wrap=True)
     for d in items:
-        table.add_row(d["task_path"], escape(d["name"]), str(d["lines"]), str(d["bytes"]),
-                      _fmt_time(d["created_at"], short=True))
+        table.add_row(
+            d["task_path"], escape(d["name"]), str(d["lines"]), str(d["bytes"]), _fmt_time(d["created_at"], short=True)
+        )
     console.print(table)
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,7 +559,9 @@ def datasets_list() -> None:
 
 @app.command()
 def up(
-    data_dir: Annotated[Path, typer.Option(envvar="RLAD_DATA_DIR", help="database, broker, results and logs")] = Path("rlad-data"),
+    data_dir: Annotated[Path, typer.Option(envvar="RLAD_DATA_DIR", help="database, broker, results and logs")] = Path(
+        "rlad-data"
+    ),
     host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port")] = 8321,
 ) -> None:
@@ -524,17 +587,23 @@ def up(
         except (RuntimeError, TimeoutError) as exc:
             err.print(f"[red]the service did not start: {escape(str(exc))}[/red]")
             raise typer.Exit(1) from None
-        console.print(f"RLAD service on [bold]{svc.base_url}[/bold]: dashboard {svc.base_url}/ui/jobs "
-                      f"(sign in with the API key below), API docs {svc.base_url}/docs")
+        console.print(
+            f"RLAD service on [bold]{svc.base_url}[/bold]: dashboard {svc.base_url}/ui/jobs "
+            f"(sign in with the API key below), API docs {svc.base_url}/docs"
+        )
         console.print(f"data: {svc.data_dir}   logs: {svc.data_dir / 'logs'}")
-        console.print(f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
-                      f"RLAD_DATA_DIR={svc.data_dir}")
+        console.print(
+            f"API key (team 'local'): {svc.data_dir / 'api_key'}; the rlad CLI finds it when run with "
+            f"RLAD_DATA_DIR={svc.data_dir}"
+        )
         console.print("Ctrl-C stops it: a running job checkpoints first and resumes from there at the next start.")
         restarts: list[float] = []
         while True:
             for name, code in svc.restart_exited():
-                err.print(f"[yellow]{name} exited with code {code}; restarted (see {svc.data_dir / 'logs' / name}.log)"
-                          "[/yellow]")
+                err.print(
+                    f"[yellow]{name} exited with code {code}; restarted (see {svc.data_dir / 'logs' / name}.log)"
+                    "[/yellow]"
+                )
                 restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
                 if len(restarts) > 5:
                     err.print("[red]more than 5 restarts within a minute; stopping[/red]")
@@ -550,7 +619,9 @@ def up(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="where models, the service's data and the download go")] = Path("runs/demo"),
+    workdir: Annotated[Path, typer.Option(help="where models, the service's data and the download go")] = Path(
+        "runs/demo"
+    ),
     steps: Annotated[int, typer.Option(help="RLAD steps")] = 60,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -574,8 +645,10 @@ def demo(
                 _print_job_error(job)
                 raise typer.Exit(1)
             evals = {s["key"]: s for s in client.metrics(job["id"], keys=["eval/accuracy", "eval/pass@4"])["series"]}
-            _print_eval({k: s["values"][0] for k, s in evals.items() if s["steps"][:1] == [0]},
-                        {k: s["values"][-1] for k, s in evals.items() if s["values"]})
+            _print_eval(
+                {k: s["values"][0] for k, s in evals.items() if s["steps"][:1] == [0]},
+                {k: s["values"][-1] for k, s in evals.items() if s["values"]},
+            )
             path = client.download(job["id"], out_dir=workdir / "download")
     finally:
         svc.stop()
@@ -593,24 +666,40 @@ def _show_generation(path: Path) -> None:
     prompt = format_prompt(tokenizer, "37+45=", use_chat_template=True)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    console.print(f"AutoModelForCausalLM.from_pretrained({path.name}) answers 37+45= with: [bold]{escape(answer)}[/bold]")
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    console.print(
+        f"AutoModelForCausalLM.from_pretrained({path.name}) answers 37+45= with: [bold]{escape(answer)}[/bold]"
+    )
 
 
-bench_app = typer.Typer(help="The project's own evidence: reproduce the paper's comparison in miniature.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="The project's own evidence: reproduce the paper's comparison in miniature.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("paper-mini")
 def paper_mini(
-    quick: Annotated[bool, typer.Option("--quick", help="Knights-and-Knaves with 2-3 people only, one seed, fewer steps and "
-                                                      "alphas (under 10 minutes)")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Knights-and-Knaves with 2-3 people only, one seed, fewer steps and alphas (under 10 minutes)",
+        ),
+    ] = False,
     preset: Annotated[str | None, typer.Option(help="full | quick | tiny (overrides --quick)")] = None,
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="tables, plots, results.json "
-                                             "(default: docs/paper-mini, or docs/paper-mini/quick)")] = None,
-    workdir: Annotated[Path, typer.Option(help="models and runs, cached: a rerun skips what is done")] = Path("runs/paper-mini"),
-    via_api: Annotated[str | None, typer.Option("--via-api", help="submit every run as a job to this service URL")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--out", help="tables, plots, results.json (default: docs/paper-mini, or docs/paper-mini/quick)"
+        ),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="models and runs, cached: a rerun skips what is done")] = Path(
+        "runs/paper-mini"
+    ),
+    via_api: Annotated[
+        str | None, typer.Option("--via-api", help="submit every run as a job to this service URL")
+    ] = None,
 ) -> None:
     """RLAD vs GRPO vs KDRL vs OPD vs offline distillation, and an alpha ablation, on tiny models (CPU)."""
     from rlad.paper_mini import PRESETS, run_suite
@@ -620,9 +709,13 @@ def paper_mini(
         raise typer.BadParameter(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}", param_hint="--preset")
     target = out or (Path("docs/paper-mini") if name == "full" else Path("docs/paper-mini") / name)
     with _service_errors():  # --via-api: an unreachable service or a refused job is a message, not a traceback
-        results = run_suite(PRESETS[name], workdir / name, target, via_api=via_api, log=lambda m: console.print(escape(m)))
-    console.print(f"{len(results['runs'])} runs ({results.get('reused', 0)} reused) in {results['seconds'] / 60:.1f} min; "
-                  f"tables: {target / 'tables.md'}, plots and results.json in {target}")
+        results = run_suite(
+            PRESETS[name], workdir / name, target, via_api=via_api, log=lambda m: console.print(escape(m))
+        )
+    console.print(
+        f"{len(results['runs'])} runs ({results.get('reused', 0)} reused) in {results['seconds'] / 60:.1f} min; "
+        f"tables: {target / 'tables.md'}, plots and results.json in {target}"
+    )
 
 
 def main() -> None:

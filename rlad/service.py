@@ -31,18 +31,51 @@ def free_port() -> int:
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+    ]
 
 
 def worker_command(queues: str, *, beat_schedule: Path | None = None, hostname: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "-c", "1",
-           "--loglevel", "INFO"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        "1",
+        "--loglevel",
+        "INFO",
+    ]
     if hostname:
         cmd += ["-n", hostname]
     if beat_schedule is not None:  # the reaper's schedule runs inside this worker (one per deployment)
         cmd += ["-B", "-s", str(beat_schedule)]
     return cmd
+
+
+def admin_command(*args: str) -> list[str]:
+    """The store's administration (`store.admin`: migrate, create-key), run in the service's environment."""
+    return [sys.executable, "-m", "store.admin", *args]
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -55,8 +88,15 @@ def _unblock_stop_signals() -> None:
 class LocalService:
     """The API and two workers (queue `gpu`: jobs, one at a time; queue `cpu`: the reaper, with beat)."""
 
-    def __init__(self, data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8321,
-                 env: Mapping[str, str] | None = None, log_to_files: bool = True):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8321,
+        env: Mapping[str, str] | None = None,
+        log_to_files: bool = True,
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.host, self.port = host, port
         self.env = {**os.environ, "RLAD_DATA_DIR": str(self.data_dir), **(env or {})}
@@ -75,15 +115,12 @@ class LocalService:
     def prepare(self) -> str:
         """Create the data directory, migrate the database, and make sure a local team has a key."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        code = ("from store.migrate import upgrade; from store.settings import get_settings; "
-                "upgrade(get_settings().resolved_database_url)")
-        subprocess.run([sys.executable, "-c", code], env=self.env, check=True)
+        subprocess.run(admin_command("migrate"), env=self.env, check=True)
         key_file = self.data_dir / KEY_FILE
         if not key_file.exists():
-            code = ("from store.db import session_scope; from store.teams import create_api_key\n"
-                    "with session_scope() as s: print(create_api_key(s, team_name='local'))")
-            key = subprocess.run([sys.executable, "-c", code], env=self.env, check=True, capture_output=True,
-                                 text=True).stdout.strip()
+            key = subprocess.run(
+                admin_command("create-key", "--team", "local"), env=self.env, check=True, capture_output=True, text=True
+            ).stdout.strip()
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
         self.api_key = key_file.read_text().strip()
@@ -99,9 +136,14 @@ class LocalService:
         self.commands[name] = cmd
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out,
-                                                stderr=subprocess.STDOUT if out else None, start_new_session=True,
-                                                preexec_fn=_unblock_stop_signals)
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,
+                preexec_fn=_unblock_stop_signals,
+            )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
@@ -109,8 +151,9 @@ class LocalService:
         self.prepare()
         if workers:
             self._spawn("worker-gpu", worker_command("gpu", hostname="gpu@%h"))
-            self._spawn("worker-cpu", worker_command("cpu", hostname="cpu@%h",
-                                                     beat_schedule=self.data_dir / "beat-schedule"))
+            self._spawn(
+                "worker-cpu", worker_command("cpu", hostname="cpu@%h", beat_schedule=self.data_dir / "beat-schedule")
+            )
         if api:
             self._spawn("api", api_command(self.host, self.port))
             self.wait_ready(timeout_s)
@@ -120,8 +163,10 @@ class LocalService:
         while True:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {p.returncode} while starting; see "
-                                       f"{self.data_dir / 'logs' / (name + '.log')}")
+                    raise RuntimeError(
+                        f"{name} exited with code {p.returncode} while starting; see "
+                        f"{self.data_dir / 'logs' / (name + '.log')}"
+                    )
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return

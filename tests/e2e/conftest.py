@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,27 +13,39 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlad.service import LocalService
+from rlad.service import LocalService, admin_command
 from rlad_core.models import save_tiny_model
 from tests.service.conftest import free_port
 
 CHROMIUM = os.environ.get("RLAD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARTIFACTS = Path(os.environ.get("RLAD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")) / "dashboard"
+ARTIFACTS = (
+    Path(os.environ.get("RLAD_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")) / "dashboard"
+)
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e-models")
-    return {"student": save_tiny_model(root / "student", "micro", seed=0),
-            "teacher": save_tiny_model(root / "teacher", "micro", seed=1)}
+    return {
+        "student": save_tiny_model(root / "student", "micro", seed=0),
+        "teacher": save_tiny_model(root / "teacher", "micro", seed=1),
+    }
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    svc = LocalService(tmp_path_factory.mktemp("e2e-service"), port=free_port(), env={
-        "RLAD_METRICS_FLUSH_S": "0.3", "RLAD_HEARTBEAT_INTERVAL_S": "0.5", "RLAD_CANCEL_GRACE_S": "10",
-        "RLAD_JOB_CACHE_TTL_S": "0.2", "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])})
+    svc = LocalService(
+        tmp_path_factory.mktemp("e2e-service"),
+        port=free_port(),
+        env={
+            "RLAD_METRICS_FLUSH_S": "0.3",
+            "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+            "RLAD_CANCEL_GRACE_S": "10",
+            "RLAD_JOB_CACHE_TTL_S": "0.2",
+            "RLAD_MODEL_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
+        },
+    )
     svc.start()
     try:
         yield svc
@@ -44,23 +55,35 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
 
 @pytest.fixture(scope="module")
 def other_team_key(service: LocalService) -> str:
-    code = ("from store.db import session_scope; from store.teams import create_api_key\n"
-            "with session_scope() as s: print(create_api_key(s, team_name='vision'))")
-    return subprocess.run([sys.executable, "-c", code], env=service.env, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        admin_command("create-key", "--team", "vision"), env=service.env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def http(service: LocalService) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {service.api_key}"},
-                      timeout=30) as c:
+    with httpx.Client(
+        base_url=service.base_url, headers={"Authorization": f"Bearer {service.api_key}"}, timeout=30
+    ) as c:
         yield c
 
 
 def job_spec(models: dict[str, Path], **overrides: object) -> dict:
-    spec = {"method": "rlad", "student": str(models["student"]), "teacher": str(models["teacher"]), "steps": 12,
-            "batch_size": 8, "group_size": 4, "max_new_tokens": 8, "eval_every": 4, "eval_size": 16,
-            "checkpoint_every": 6, "lr": 1e-3, "task": {"name": "arithmetic", "levels": [1, 2]}, "log_samples": 2}
+    spec = {
+        "method": "rlad",
+        "student": str(models["student"]),
+        "teacher": str(models["teacher"]),
+        "steps": 12,
+        "batch_size": 8,
+        "group_size": 4,
+        "max_new_tokens": 8,
+        "eval_every": 4,
+        "eval_size": 16,
+        "checkpoint_every": 6,
+        "lr": 1e-3,
+        "task": {"name": "arithmetic", "levels": [1, 2]},
+        "log_samples": 2,
+    }
     spec.update(overrides)
     return spec
 
