@@ -1,4 +1,5 @@
-"""`rlad`: run distillation jobs locally, build tiny models, run the demo."""
+"""`rlad`, the command line: train locally (train, validate, tiny-model), use the service (submit, list, status,
+events, cancel, download, datasets), run it (up, demo, keys) and the paper in miniature (bench)."""
 
 from __future__ import annotations
 
@@ -136,7 +137,6 @@ datasets_app = typer.Typer(help="Uploaded JSONL datasets.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
 
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 STATUS_STYLE = {
     "queued": "yellow",
     "starting": "cyan",

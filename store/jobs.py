@@ -245,31 +245,16 @@ def _locked(session: Session, job_id: str, team_id: str | None = None) -> Job:
 
 
 def claim_job(session: Session, *, job_id: str, worker: str) -> Job | None:
-    """queued -> starting with attempt + 1, as one conditional UPDATE: of two workers handed the same job
-    (a redelivered message), exactly one gets it. None when the job is not queued (any more)."""
-    now = utcnow()
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == S.queued)
-        .values(
-            status=S.starting,
-            attempt=Job.attempt + 1,
-            worker=worker,
-            heartbeat_at=now,
-            updated_at=now,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if cast(CursorResult[Any], res).rowcount != 1:
+    """queued -> starting with attempt + 1 (event `claimed`), under the job's row lock: of two workers handed
+    the same job (a redelivered message), exactly one gets it; the other finds it starting. None when the job
+    is not queued (any more)."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status != S.queued:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None  # we just updated it in this transaction
-    session.add(
-        JobEvent(
-            job_id=job.id, kind=EventKind.claimed, attempt=job.attempt, data={"worker": worker, "attempt": job.attempt}
-        )
-    )
+    now = utcnow()
+    job.attempt += 1
+    job.worker, job.heartbeat_at, job.started_at = worker, now, job.started_at or now
+    states.transition(session, job, S.starting, worker=worker, attempt=job.attempt)
     return job
 
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Split = Literal["train", "eval"]
 SPLITS: tuple[str, ...] = ("train", "eval")
-
-#: The characters tiny character-level models can emit; generated prompts and answers stay inside this set.
-PRINTABLE: frozenset[str] = frozenset(string.printable)
 
 #: Share of the prompt space that generated tasks reserve for evaluation (see `in_eval_partition`).
 EVAL_SHARE: float = 0.1

@@ -173,3 +173,23 @@ def test_a_cuda_device_no_live_worker_has_is_refused_at_submission(service_env) 
             job_store.submit_job(s, team_id=team.id, spec={**SPEC, "device": "cuda:2"})
     ((field, message),) = exc.value.errors
     assert field == "device" and "at most 2 CUDA devices" in message and "cuda:0..cuda:1" in message
+
+
+def test_a_backlog_of_50_queued_jobs_is_resent_at_most_once_per_threshold(service_env) -> None:
+    """Each reaper pass (every 30 s here) re-sends only the jobs whose last dispatch is older than the
+    threshold, and records the dispatch: over 12.5 minutes each of 50 waiting jobs is sent again twice (at
+    330 s and 660 s), not once per pass."""
+    with session_scope() as s:
+        team = get_or_create_team(s, name="red")
+        ids = [job_store.submit_job(s, team_id=team.id, spec=SPEC)[0].id for _ in range(50)]
+    start = utcnow()
+    sent: dict[str, int] = dict.fromkeys(ids, 0)
+    for tick in range(1, 26):  # 25 passes, 30 s apart
+        with session_scope() as s:
+            for job in job_store.reap(
+                s, heartbeat_timeout_s=60, redispatch_after_s=300, now=start + timedelta(seconds=30 * tick)
+            ):
+                sent[job.id] += 1
+    assert set(sent.values()) == {2}
+    with session_scope() as s:
+        assert all(s.get(Job, i).dispatched_at > start + timedelta(seconds=600) for i in ids)  # recorded
