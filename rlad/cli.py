@@ -471,7 +471,7 @@ def download(
         TransferSpeedColumn,
     )
 
-    from rlad.client import MANIFEST
+    from rlad_core.layout import MANIFEST
 
     progress = Progress(
         TextColumn("[bold]download"),

@@ -14,8 +14,6 @@ match its manifest); all derive from `RladError`. The client imports neither tor
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tarfile
@@ -27,10 +25,11 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from rlad_core import layout  # standard library only: the client stays free of torch
+
 DEFAULT_URL = "http://127.0.0.1:8321"
 DEFAULT_DATA_DIR = "rlad-data"
 KEY_FILE = "api_key"  # what `rlad up` (rlad.service.LocalService) writes into the data directory
-MANIFEST = "manifest.json"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # `lost` is re-queued, not final
 CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({502, 503, 504})  # the service or its database is restarting: the same request may pass
@@ -102,42 +101,14 @@ def resolve_api_key() -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_checkpoint_dir(path: str | Path, *, manifest_sha256: str | None = None) -> dict[str, Any]:
     """Check every file of a downloaded checkpoint against its manifest.json (size and sha256) and, when
     given, the manifest itself against `manifest_sha256` (the checkpoint's `sha256` in the API). Returns
     the manifest; raises `ChecksumError` naming the first file that does not match."""
-    root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise ChecksumError(f"{root} has no {MANIFEST}; it is not a complete checkpoint")
-    raw = manifest_path.read_bytes()
-    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
-        raise ChecksumError(
-            f"{manifest_path}: sha256 does not match the checkpoint's published sha256 {manifest_sha256}"
-        )
     try:
-        files = json.loads(raw)["files"]
-        expected = {str(name): (int(info["bytes"]), str(info["sha256"])) for name, info in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ChecksumError(f"{manifest_path} is not a valid manifest: {exc}") from None
-    for name, (size, digest) in sorted(expected.items()):
-        f = root / name
-        if not f.is_file():
-            raise ChecksumError(f"{root}: {name} is missing (listed in {MANIFEST})")
-        if f.stat().st_size != size:
-            raise ChecksumError(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {size}")
-        actual = _sha256(f)
-        if actual != digest:
-            raise ChecksumError(f"{root}: {name} sha256 {actual} does not match the manifest's {digest}")
-    return json.loads(raw)
+        return layout.verify(path, manifest_sha256=manifest_sha256)
+    except layout.ManifestMismatch as exc:
+        raise ChecksumError(str(exc)) from None
 
 
 def _safe_members(tar: tarfile.TarFile, prefix: str) -> Iterator[tarfile.TarInfo]:
@@ -392,7 +363,7 @@ class Client:
             archive.unlink()
             src = extract / prefix
             manifest = verify_checkpoint_dir(src, manifest_sha256=manifest_sha)
-            expected = set(manifest["files"]) | {MANIFEST}
+            expected = set(manifest["files"]) | {layout.MANIFEST}
             extra = sorted(
                 str(p.relative_to(src))
                 for p in src.rglob("*")
@@ -400,13 +371,7 @@ class Client:
             )
             if extra:
                 raise ChecksumError(f"the download of {prefix} holds files its manifest does not list: {extra}")
-            if target.exists():  # replace: move the old one aside first, so `target` is never half-written
-                old = out / f".{prefix}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target, old)
-                os.replace(src, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(src, target)
+            layout.replace_dir(src, target)  # an existing target is replaced, never left half-written
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target

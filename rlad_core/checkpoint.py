@@ -17,7 +17,6 @@ every earlier checkpoint as it was, so the caller can wait for space and save ag
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -30,9 +29,9 @@ from typing import Any
 
 import torch
 
-MANIFEST = "manifest.json"
+from rlad_core.layout import MANIFEST, ManifestMismatch, list_steps, replace_dir, sha256_file, step_dir, verify
+
 TRAINER_STATE = "trainer_state.pt"
-_PREFIX = "step-"
 
 
 class CheckpointError(RuntimeError):
@@ -102,14 +101,6 @@ def is_out_of_space(exc: BaseException) -> bool:
     )
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -160,8 +151,8 @@ def save_checkpoint(
     if free_before < needed:
         raise DiskFull(needed, free_before, root)
 
-    final = root / f"{_PREFIX}{step}"
-    tmp = root / f".tmp-{_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -177,14 +168,7 @@ def save_checkpoint(
         manifest = {"step": step, "created_at": time.time(), "metrics": dict(metrics or {}), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_dir(tmp)
-        if final.exists():
-            # replace: move the old one aside first so that `final` is never a half-written directory
-            old = root / f".old-{_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
         _fsync_dir(root)
     except BaseException as exc:
         full = isinstance(exc, Exception) and is_out_of_space(exc)
@@ -213,28 +197,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check every file against the manifest's sha256; return the manifest or raise `CheckpointError`."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    for name, info in manifest["files"].items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}")
-        if sha256_file(f) != info["sha256"]:
-            raise CheckpointError(f"checkpoint {path}: {name} does not match its sha256 in the manifest")
-    return manifest
+    """Check every file against the manifest (size and sha256); return the manifest or raise `CheckpointError`."""
+    try:
+        return verify(path)
+    except ManifestMismatch as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest step first (temporary directories are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX) :].isdigit() and (p / MANIFEST).is_file():
-            found.append(p)
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+    return [step_dir(root, step) for step in list_steps(root)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

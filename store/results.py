@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-MANIFEST = "manifest.json"
+from rlad_core.layout import MANIFEST, step_dir
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class StoredFile:
 class ResultStore(Protocol):
     def job_dir(self, job_id: str) -> Path: ...
     def checkpoint_location(self, job_id: str, step: int) -> str: ...
+    def location_of(self, path: Path) -> str: ...
     def checkpoint_dir(self, location: str) -> Path: ...
     def checkpoint_files(self, location: str) -> list[StoredFile]: ...
     def file_path(self, location: str, name: str) -> Path: ...
@@ -55,7 +56,11 @@ class LocalResultStore:
         return self.root / "jobs" / job_id
 
     def checkpoint_location(self, job_id: str, step: int) -> str:
-        return f"jobs/{job_id}/checkpoints/step-{step}"
+        return step_dir(f"jobs/{job_id}/checkpoints", step).as_posix()
+
+    def location_of(self, path: Path) -> str:
+        """The location (relative to the store) of a path inside it, as the job store records it."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
     def checkpoint_dir(self, location: str) -> Path:
         """The checkpoint's directory (a Hugging Face model directory: `from_pretrained` loads it)."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlad_core.checkpoint import MANIFEST, list_checkpoints
+from rlad_core.layout import MANIFEST, list_steps
 from rlad_core.reporting import Reporter
 from store import checkpoints as ckpt_store
 from store import jobs as job_store
@@ -84,8 +84,8 @@ class JobReporter(Reporter):
     def checkpoint(self, step: int, path: Path, metrics: Mapping[str, float]) -> None:
         self.sync()
         files = [p for p in path.rglob("*") if p.is_file()]
-        location = self.store.checkpoint_location(self.job_id, step)
-        on_disk = {int(p.name.removeprefix("step-")) for p in list_checkpoints(path.parent)}
+        location = self.store.location_of(path)
+        on_disk = set(list_steps(path.parent))
         manifest_sha256 = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
         if retry_unavailable(
             lambda: self._record_checkpoint(step, location, files, manifest_sha256, metrics, on_disk),
