@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -22,8 +22,14 @@ from pydantic import (
     model_validator,
 )
 
+# The choices of the method, each defined once; rlad_core.losses imports them (this module stays torch-free).
 Method = Literal["rlad", "grpo", "kdrl", "opd", "sft"]
-METHODS: tuple[str, ...] = ("rlad", "grpo", "kdrl", "opd", "sft")
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+TeacherClampGrad = Literal["stop", "straight-through"]
+StdKind = Literal["population", "unbiased"]
+AdvantageScale = Literal["group", "none"]
+METHODS: tuple[str, ...] = get_args(Method)
 TEACHER_METHODS: tuple[str, ...] = ("rlad", "kdrl", "opd")  # sft needs one only with sft_source="teacher"
 
 
@@ -160,6 +166,11 @@ class TrainConfig(_Strict):
         ge=1,
         description="responses per forward/backward, gradients accumulated (default: mini_batch_size)",
     )
+    train_dropout: bool = Field(
+        default=False,
+        description="(ours) dropout on (train mode) during the update; false: the student is in eval mode "
+        "throughout, so the policy updated is the one that sampled and was scored",
+    )
     lr: float = Field(default=1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6)")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay")
     adam_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
@@ -183,22 +194,28 @@ class TrainConfig(_Strict):
     teacher_clamp: float | None = Field(
         default=1.0, gt=0.0, description="c, clamp of log(pi_S/pi_T) inside the TRRD ratio (paper: 1); null disables it"
     )
-    aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = Field(
-        default="seq-mean-token-mean", description="how per-token losses are reduced (paper: seq-mean-token-mean)"
+    teacher_clamp_grad: TeacherClampGrad = Field(
+        default="stop",
+        description="(ours) gradient of the clamped teacher term: stop (plain clamp, none outside [-c, c]) | "
+        "straight-through (clamped value, gradient as if unclamped)",
     )
-    beta: float = Field(
-        default=0.0, ge=0.0, description="weight of the k3 KL penalty to the reference (paper: not used)"
+    aggregation: Aggregation = Field(
+        default="seq-mean-token-mean",
+        description="how per-token losses are reduced (paper: seq-mean-token-mean); seq-mean-token-sum-norm "
+        "divides by B x max_new_tokens",
+    )
+    beta: float = Field(default=0.0, ge=0.0, description="weight of the KL penalty to the reference (paper: not used)")
+    ref_kl_estimator: KLEstimator = Field(
+        default="k3", description="(ours) estimator of the reference KL penalty: k1 | k2 | k3 (see RLAD.md, kdrl)"
     )
     kdrl_coef: float = Field(default=0.002, ge=0.0, description="KDRL: gamma, weight of the teacher KL penalty")
     kdrl_coef_final: float | None = Field(
         default=None, ge=0.0, description="KDRL: if set, gamma is annealed linearly to this value over the run"
     )
-    kdrl_estimator: Literal["k1", "k2", "k3"] = Field(default="k2", description="KDRL: KL estimator")
+    kdrl_estimator: KLEstimator = Field(default="k2", description="KDRL: KL estimator")
     adv_eps: float = Field(default=1e-6, ge=0.0, description="(ours) epsilon added to the group std")
-    adv_std: Literal["population", "unbiased"] = Field(
-        default="population", description="group std kind (paper: population)"
-    )
-    adv_scale: Literal["group", "none"] = Field(
+    adv_std: StdKind = Field(default="population", description="group std kind (paper: population)")
+    adv_scale: AdvantageScale = Field(
         default="group", description="divide by the group std (group) or only centre (none, Dr.GRPO)"
     )
 

@@ -56,14 +56,17 @@ def evaluate(
     """Greedy accuracy, mean reward and format rate, plus pass@k from k samples per prompt.
 
     pass@k is the share of prompts with at least one correct answer among k samples (with n = k samples
-    the unbiased estimator of Chen et al. 2021 reduces to this). Sampling runs under its own seeded RNG so
-    that evaluating never changes the training run's random stream.
+    the unbiased estimator of Chen et al. 2021 reduces to this). Sampling runs under its own seeded RNG, and
+    the CPU and CUDA generator states are restored afterwards, so evaluating never changes the training run's
+    random stream.
     """
     prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples], use_chat_template=use_chat_template)
     greedy = generate_texts(
         engine, tokenizer, prompt_ids, SamplingParams(max_new_tokens, 0.0, 1.0), batch_size=batch_size
     )
-    with torch.random.fork_rng(devices=[]):
+    # manual_seed reseeds the CPU and every CUDA generator: fork_rng saves and restores all of them
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         sampled = generate_texts(
             engine,

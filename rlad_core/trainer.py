@@ -173,6 +173,7 @@ def train(
             t_scored = time.perf_counter()
 
             # ===== 4. update: mu epochs x mini-batches x micro-batches =================================
+            lr = run.scheduler.get_last_lr()[0]  # the rate of this step's update, logged below
             update = _update(config, run, batch, advantages_B, old_logp, teacher_logp, ref_logp, step)
             with warnings.catch_warnings():  # the schedule is per training step, also when a step had nothing to
                 # learn from (an sft step whose teacher samples all failed the filter): torch warns if that is step 1
@@ -207,7 +208,7 @@ def train(
                 **(_reward_metrics(rewards_B, scores, G) if config.method != "sft" else {}),
                 "response_length_mean": float(lengths.mean()) if len(lengths) else 0.0,
                 "response_length_max": float(lengths.max()) if len(lengths) else 0.0,
-                "lr": run.scheduler.get_last_lr()[0],
+                "lr": lr,
                 "tokens_per_s": n_tokens / step_time if step_time > 0 else 0.0,
                 "time/generate": t_generated - t_start,
                 "time/score": t_scored - t_generated,
@@ -301,11 +302,30 @@ def _update(
     step: int,
 ) -> dict[str, Any]:
     """mu epochs over the batch; one optimizer step per mini-batch; gradients accumulated over micro-batches."""
+    if batch.input_ids.shape[0] == 0:
+        return {"skipped": False, "sft_empty_batch": 1.0}
+    # the student is scored and samples in eval mode (no dropout); train mode only for the update, if asked
+    run.student.train(config.train_dropout)
+    try:
+        return _update_epochs(config, run, batch, advantages_B, old_logp, teacher_logp, ref_logp, step)
+    finally:
+        run.student.eval()
+
+
+def _update_epochs(
+    config: TrainConfig,
+    run: _Run,
+    batch: Batch,
+    advantages_B: torch.Tensor | None,
+    old_logp: torch.Tensor | None,
+    teacher_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    step: int,
+) -> dict[str, Any]:
+    """`_update`'s loops, with the student already in the mode the update runs in."""
     B = batch.input_ids.shape[0]
     stats = _MetricAccumulator()
     skipped = False
-    if B == 0:
-        return {"skipped": False, "sft_empty_batch": 1.0}
     mask = batch.completion_mask
     n_mini = max(1, B // config.resolved_mini_batch_size)
     mini = B // n_mini
@@ -363,36 +383,80 @@ def _method_loss(
     ref_logp: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured method's loss from `rlad_core.losses` (the only place the math lives)."""
-    clip = {"eps_low": config.eps_low, "eps_high": config.eps_high, "aggregation": config.aggregation}
-    if config.method == "grpo":
-        return losses.grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, beta=config.beta, **clip)
-    if config.method == "rlad":
-        return losses.trrd_loss(
-            logp,
-            old_logp,
-            teacher_logp,
-            advantages,
-            mask,
-            alpha=config.alpha,
-            teacher_clamp=config.teacher_clamp,
-            ref_logp=ref_logp,
-            beta=config.beta,
-            **clip,
-        )
-    if config.method == "kdrl":
-        return losses.kdrl_loss(
-            logp,
-            old_logp,
-            teacher_logp,
-            advantages,
-            mask,
-            coef=_kdrl_coef(config, step),
-            estimator=config.kdrl_estimator,
-            **clip,
-        )
-    if config.method == "opd":
-        return losses.opd_loss(logp, old_logp, teacher_logp, mask, **clip)
-    return losses.sft_loss(logp, mask, aggregation=_aggregation(config))
+    if config.method not in METHOD_LOSSES:
+        raise ValueError(f"unknown method {config.method!r}; choose one of {tuple(METHOD_LOSSES)}")
+    return METHOD_LOSSES[config.method](config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp)
+
+
+def _clip_kwargs(config: TrainConfig) -> dict[str, Any]:
+    # max_len: Dr.GRPO's constant normaliser is the configured completion budget, not the batch's padded length
+    return {
+        "eps_low": config.eps_low,
+        "eps_high": config.eps_high,
+        "aggregation": config.aggregation,
+        "max_len": config.max_new_tokens,
+    }
+
+
+def _grpo(config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp):
+    return losses.grpo_loss(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp=ref_logp,
+        beta=config.beta,
+        ref_estimator=config.ref_kl_estimator,
+        **_clip_kwargs(config),
+    )
+
+
+def _rlad(config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp):
+    return losses.trrd_loss(
+        logp,
+        old_logp,
+        teacher_logp,
+        advantages,
+        mask,
+        alpha=config.alpha,
+        teacher_clamp=config.teacher_clamp,
+        teacher_clamp_grad=config.teacher_clamp_grad,
+        ref_logp=ref_logp,
+        beta=config.beta,
+        ref_estimator=config.ref_kl_estimator,
+        **_clip_kwargs(config),
+    )
+
+
+def _kdrl(config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp):
+    return losses.kdrl_loss(
+        logp,
+        old_logp,
+        teacher_logp,
+        advantages,
+        mask,
+        coef=_kdrl_coef(config, step),
+        estimator=config.kdrl_estimator,
+        **_clip_kwargs(config),
+    )
+
+
+def _opd(config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp):
+    return losses.opd_loss(logp, old_logp, teacher_logp, mask, **_clip_kwargs(config))
+
+
+def _sft(config, step, logp, mask, advantages, old_logp, teacher_logp, ref_logp):
+    return losses.sft_loss(logp, mask, aggregation=_aggregation(config), max_len=config.max_new_tokens)
+
+
+# method name -> loss; every name of config.Method has exactly one entry (a test checks it)
+METHOD_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {
+    "rlad": _rlad,
+    "grpo": _grpo,
+    "kdrl": _kdrl,
+    "opd": _opd,
+    "sft": _sft,
+}
 
 
 def _aggregation(config: TrainConfig) -> losses.Aggregation:
@@ -515,7 +579,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
         teacher = load_model(config.teacher, dtype=config.dtype, device=device).eval().requires_grad_(False)
     student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
-    student.train()
+    student.eval()  # train mode (dropout) only inside the update, and only with config.train_dropout
     if config.beta > 0:
         reference = (
             load_model(config.reference or config.student, dtype=config.dtype, device=device)

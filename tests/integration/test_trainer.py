@@ -216,3 +216,51 @@ def test_every_metric_a_checkpoint_covers_is_synced_before_the_checkpoint_is_wri
     train(config(tmp_path, warm_dirs, steps=4, checkpoint_every=2), reporter=rec)
     # at each sync, the metrics of the step about to be saved are in, and that checkpoint is not written yet
     assert rec.syncs == [(2, []), (4, ["step-2"])]
+
+
+def test_logged_lr_is_the_rate_of_that_steps_update(tmp_path, warm_dirs):
+    # linear warm-up over 3 steps, lr 1e-2: the updates of steps 1, 2, 3 use 1/3, 2/3 and 3/3 of it
+    rep = MemoryReporter()
+    train(config(tmp_path, warm_dirs, method="grpo", warmup_steps=3, lr_schedule="linear"), reporter=rep)
+    lrs = [m["lr"] for _, m in sorted(rep.train_metrics().items())]
+    assert lrs == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2])
+
+
+@pytest.mark.parametrize("train_dropout", [False, True])
+def test_student_is_scored_in_eval_mode_and_updated_in_the_configured_mode(
+    tmp_path, warm_dirs, monkeypatch, train_dropout
+):
+    import rlad_core.trainer as trainer_module
+
+    modes: dict[str, set[bool]] = {"score": set(), "update": set(), "generate": set()}
+    students: list[torch.nn.Module] = []
+
+    def spy(kind, fn):
+        def wrapped(model, *args, **kwargs):
+            if not students or model is students[0]:
+                modes[kind].add(model.training)
+            return fn(model, *args, **kwargs)
+
+        return wrapped
+
+    real_setup = trainer_module._setup
+
+    def setup(*args, **kwargs):
+        run = real_setup(*args, **kwargs)
+        students.append(run.student)
+        generate = run.engine.generate
+
+        def spy_generate(*a, **k):
+            modes["generate"].add(run.student.training)
+            return generate(*a, **k)
+
+        run.engine.generate = spy_generate
+        return run
+
+    monkeypatch.setattr(trainer_module, "_setup", setup)
+    monkeypatch.setattr(trainer_module, "score_in_chunks", spy("score", trainer_module.score_in_chunks))
+    monkeypatch.setattr(trainer_module, "completion_logprobs", spy("update", trainer_module.completion_logprobs))
+    # inner_epochs 2: pi_old is scored separately, by score_in_chunks on the student
+    train(config(tmp_path, warm_dirs, steps=2, inner_epochs=2, train_dropout=train_dropout))
+    assert modes["score"] == {False} and modes["generate"] == {False}
+    assert modes["update"] == {train_dropout}

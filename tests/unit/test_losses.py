@@ -242,3 +242,156 @@ def test_invalid_arguments_are_rejected():
         losses.grpo_loss(LOGP, OLD, ADV, MASK, eps_low=-0.1)
     with pytest.raises(ValueError, match="aggregation"):
         losses.grpo_loss(LOGP, OLD, ADV, MASK, aggregation="sum")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Padding never leaks into the loss; Dr.GRPO's constant normaliser
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_values_at_padded_positions_do_not_change_the_loss(bad):
+    # per-token loss [[1, 2, 3], [4, 5, bad]] with position (1, 2) padded:
+    #   seq-mean-token-mean (6/3 + 9/2) / 2 = 3.25;  token-mean 15/5 = 3;  seq-mean-token-sum-norm 15/6 = 2.5
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, bad]], dtype=torch.float64)
+    expected = {"seq-mean-token-mean": 3.25, "token-mean": 3.0, "seq-mean-token-sum-norm": 2.5}
+    for agg, value in expected.items():
+        assert losses.aggregate(per_token, MASK, agg).item() == pytest.approx(value, abs=1e-12), agg
+    # through the losses: a non-finite old/teacher/reference log-prob on a padded token changes nothing
+    old, teacher, ref = OLD.clone(), TEACHER.clone(), OLD.clone()
+    old[1, 2] = teacher[1, 2] = ref[1, 2] = bad
+    for agg in losses.AGGREGATIONS:
+        clean, m_clean = losses.grpo_loss(LOGP, OLD, ADV, MASK, aggregation=agg, ref_logp=OLD, beta=0.1)
+        dirty, m_dirty = losses.grpo_loss(LOGP, old, ADV, MASK, aggregation=agg, ref_logp=ref, beta=0.1)
+        assert dirty.item() == pytest.approx(clean.item(), abs=1e-12), agg
+        assert m_dirty == pytest.approx(m_clean, abs=1e-12), agg
+        clean, _ = losses.trrd_loss(LOGP, OLD, TEACHER, ADV, MASK, aggregation=agg, teacher_clamp=None)
+        dirty, m = losses.trrd_loss(LOGP, OLD, teacher, ADV, MASK, aggregation=agg, teacher_clamp=None)
+        assert dirty.item() == pytest.approx(clean.item(), abs=1e-12), agg
+        assert all(math.isfinite(v) for v in m.values()), m
+    # ... nor its gradient: every method's gradient is the clean one, zero on the padded token
+    fns = {
+        "grpo": lambda x, o, t, r: losses.grpo_loss(x, o, ADV, MASK, ref_logp=r, beta=0.1)[0],
+        "trrd": lambda x, o, t, r: losses.trrd_loss(x, o, t, ADV, MASK, teacher_clamp=None, ref_logp=r, beta=0.1)[0],
+        "kdrl": lambda x, o, t, r: losses.kdrl_loss(x, o, t, ADV, MASK, coef=0.1, estimator="k2")[0],
+        "opd": lambda x, o, t, r: losses.opd_loss(x, o, t, MASK)[0],
+    }
+    for name, fn in fns.items():
+        grads = []
+        for o, t, r in ((OLD, TEACHER, OLD), (old, teacher, ref)):
+            x = LOGP.clone().requires_grad_(True)
+            fn(x, o, t, r).backward()
+            grads.append(x.grad)
+        torch.testing.assert_close(grads[1], grads[0], msg=name)
+        assert grads[1][1, 2].item() == 0.0, name
+
+
+def test_seq_mean_token_sum_norm_divides_by_max_len_not_the_padded_length():
+    # the batch is padded to its longest completion, 3 tokens; the configured budget is max_new_tokens = 8:
+    #   (ROW0 + ROW1) / (B * max_new_tokens) = (-3.098731 + 1.8) / (2 * 8) = -0.081171
+    loss, _ = losses.grpo_loss(LOGP, OLD, ADV, MASK, aggregation="seq-mean-token-sum-norm", max_len=8)
+    assert loss.item() == pytest.approx((ROW0 + ROW1) / 16, abs=1e-12)
+    assert loss.item() == pytest.approx(-0.081171, abs=1e-6)
+    # the same tokens padded to 5 instead of 3 give the same loss: the normaliser no longer depends on padding
+    pad = (0, 2)
+    wide, _ = losses.grpo_loss(
+        torch.nn.functional.pad(LOGP, pad),
+        torch.nn.functional.pad(OLD, pad),
+        ADV,
+        torch.nn.functional.pad(MASK, pad),
+        aggregation="seq-mean-token-sum-norm",
+        max_len=8,
+    )
+    assert wide.item() == pytest.approx(loss.item(), abs=1e-12)
+    # the other aggregations ignore max_len; a budget shorter than the batch is an error
+    for agg in ("seq-mean-token-mean", "token-mean"):
+        with_len, _ = losses.grpo_loss(LOGP, OLD, ADV, MASK, aggregation=agg, max_len=8)
+        assert with_len.item() == losses.grpo_loss(LOGP, OLD, ADV, MASK, aggregation=agg)[0].item()
+    with pytest.raises(ValueError, match="max_len 2"):
+        losses.aggregate(LOGP, MASK, "seq-mean-token-sum-norm", max_len=2)
+    sft, _ = losses.sft_loss(LOGP, MASK, aggregation="seq-mean-token-sum-norm", max_len=8)
+    assert sft.item() == pytest.approx((1.0 + 0.5 + 2.0 + 0.3 + 1.2) / 16)
+
+
+def test_microbatch_weights_reassemble_the_full_loss_with_max_len():
+    torch.manual_seed(4)
+    logp = torch.randn(6, 5) - 1
+    old = logp + 0.2 * torch.randn(6, 5)
+    adv = torch.randn(6)
+    mask = (torch.rand(6, 5) > 0.3).float()
+    agg = "seq-mean-token-sum-norm"
+    full, _ = losses.grpo_loss(logp, old, adv, mask, aggregation=agg, max_len=12)
+    parts = 0.0
+    for rows in torch.arange(6).split(2):
+        part, _ = losses.grpo_loss(logp[rows], old[rows], adv[rows], mask[rows], aggregation=agg, max_len=12)
+        parts += part * losses.microbatch_weight(mask[rows], mask, agg)
+    torch.testing.assert_close(parts, full, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The open choices: reference-KL estimator, gradient of the teacher clamp
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_kl_estimator_functions_identities_and_gradients():
+    d = torch.tensor([-1.0, -0.1, 0.0, 0.1, 2.0], dtype=torch.float64, requires_grad=True)
+    assert tuple(losses.KL_ESTIMATOR_FNS) == losses.KL_ESTIMATORS == ("k1", "k2", "k3")
+    for name, fn in losses.KL_ESTIMATOR_FNS.items():
+        assert fn(torch.zeros(1, dtype=torch.float64)).item() == 0.0, name  # KL of a distribution with itself
+        assert torch.autograd.gradcheck(fn, (d,)), name
+    torch.testing.assert_close(losses.kl_k1(d), d)
+    torch.testing.assert_close(losses.kl_k2(d), d * d / 2)
+    torch.testing.assert_close(losses.kl_k3(d), torch.exp(-d) - 1 + d)
+    assert (losses.kl_k2(d) >= 0).all() and (losses.kl_k3(d) >= 0).all()
+    # gradients: k1' = 1, k2' = d, k3' = 1 - exp(-d)
+    for fn, grad in ((losses.kl_k1, torch.ones_like(d)), (losses.kl_k2, d), (losses.kl_k3, 1 - torch.exp(-d))):
+        (g,) = torch.autograd.grad(fn(d).sum(), d)
+        torch.testing.assert_close(g, grad.detach())
+    # k1 and k3 are unbiased: on samples from p, E[k] = KL(p || q); here p = N(0, 1), q = N(0.5, 1): KL = 0.125
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400_000, generator=gen, dtype=torch.float64)
+    d_samples = -0.5 * x**2 + 0.5 * (x - 0.5) ** 2  # log p(x) - log q(x)
+    for fn in (losses.kl_k1, losses.kl_k3):
+        assert fn(d_samples).mean().item() == pytest.approx(0.125, abs=3e-3)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_reference_penalty_uses_the_chosen_estimator(estimator):
+    # penalty per row: mean of kl_<estimator>(logp - ref) over the row's tokens, then mean over rows
+    ref = TEACHER
+    loss, m = losses.grpo_loss(LOGP, OLD, ADV, MASK, ref_logp=ref, beta=0.5, ref_estimator=estimator)
+    base, _ = losses.grpo_loss(LOGP, OLD, ADV, MASK)
+    kl = losses.KL_ESTIMATOR_FNS[estimator](LOGP - ref)
+    assert loss.item() == pytest.approx(base.item() + 0.5 * ((kl * MASK).sum(1) / MASK.sum(1)).mean().item())
+    assert m["kl_ref"] == pytest.approx(float((kl * MASK).sum() / MASK.sum()))
+    trrd, _ = losses.trrd_loss(
+        LOGP, OLD, TEACHER, ADV, MASK, alpha=1.0, ref_logp=ref, beta=0.5, ref_estimator=estimator
+    )
+    assert trrd.item() == loss.item()
+
+
+@pytest.mark.parametrize("x0", [-2.5, -0.4, 0.3, 1.7])
+def test_teacher_clamp_gradient_inside_and_outside_the_window(x0):
+    # c = 1. Both variants give the value clamp(x, -1, 1). Gradient d/dx:
+    #   inside [-1, 1]: 1 for both (equals the finite difference of the clamp);
+    #   outside: "stop" 0 (the finite difference of the flat clamp), "straight-through" 1 (as if unclamped)
+    c, h = 1.0, 1e-6
+    x = torch.tensor([x0], dtype=torch.float64, requires_grad=True)
+    inside = abs(x0) < c
+    finite_diff = (min(max(x0 + h, -c), c) - min(max(x0 - h, -c), c)) / (2 * h)
+    assert set(losses.TEACHER_CLAMP_FNS) == set(losses.TEACHER_CLAMP_GRADS) == {"stop", "straight-through"}
+    for name, fn in losses.TEACHER_CLAMP_FNS.items():
+        y = fn(x, c)
+        assert y.item() == pytest.approx(min(max(x0, -c), c)), name
+        (g,) = torch.autograd.grad(y.sum(), x)
+        expected = finite_diff if name == "stop" or inside else 1.0
+        assert g.item() == pytest.approx(expected, abs=1e-6), name
+    # through the TRRD log-ratio: d/dlogp = alpha + (1 - alpha) * clamp'
+    logp = torch.tensor([[-1.0]], dtype=torch.float64, requires_grad=True)
+    teacher = logp.detach() - x0
+    for name, teacher_grad in (("stop", 1.0 if inside else 0.0), ("straight-through", 1.0)):
+        lr = losses.trrd_log_ratio(logp, logp.detach(), teacher, alpha=0.5, teacher_clamp=c, teacher_clamp_grad=name)
+        (g,) = torch.autograd.grad(lr.sum(), logp)
+        assert g.item() == pytest.approx(0.5 + 0.5 * teacher_grad), name
+    with pytest.raises(ValueError, match="teacher_clamp_grad"):
+        losses.trrd_log_ratio(logp, logp, teacher, teacher_clamp_grad="soft")
