@@ -153,8 +153,10 @@ def train(
             # ===== 2. rewards from the verifier, group-relative advantages ===========================
             scores = [run.task.score(text, ex) for text, ex in zip(batch.texts, batch.examples, strict=True)]
             rewards_B = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
-            advantages_B = (
-                losses.group_advantages(rewards_B, G, eps=config.adv_eps, std=config.adv_std, scale=config.adv_scale)
+            advantages_B = (  # (B,), on the batch's device (rewards come from Python, on the CPU)
+                losses.group_advantages(
+                    rewards_B, G, eps=config.adv_eps, std=config.adv_std, scale=config.adv_scale
+                ).to(batch.input_ids.device)
                 if config.method != "sft"
                 else None
             )
