@@ -12,6 +12,7 @@ from api import dashboard, errors
 from api.edge import EdgeGuard
 from api.fastpath import JobPollFastPath
 from api.routes import checkpoints, datasets, health, jobs, metrics, queue
+from api.schemas import SPEC_DEFS
 
 log = logging.getLogger("rlad.api")
 
@@ -44,7 +45,7 @@ def create_app() -> FastAPI:
         if app.openapi_schema is None:
             schema = base_openapi()
             # the job spec's nested models (tasks) are referenced from the request body schema
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(jobs._SPEC_DEFS)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(SPEC_DEFS)
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, ops in schema["paths"].items():
                 if path.startswith("/v1/"):

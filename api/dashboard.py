@@ -27,7 +27,7 @@ from api.deps import (
     caller_for_session,
     is_job_id,
 )
-from api.routes.jobs import job_public
+from api.presenters import job_public
 from rlad_core.config import METHODS
 from store import jobs as job_store
 from store import sessions

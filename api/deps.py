@@ -14,9 +14,11 @@ from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from store import jobs as job_store
 from store import sessions, teams
 from store.db import read_session, session_scope
 from store.errors import NotFound
+from store.models import Job
 from store.results import ResultStore, get_result_store
 from store.settings import Settings, get_settings
 
@@ -164,3 +166,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ResultStore, Depends(result_store)]
 JobId = Annotated[str, Depends(job_id_path)]  # a {job_id} path parameter: 404 unless shaped like a job id
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE_PATTERN)]
+
+
+def owned_job(job_id: JobId, session: ReadSessionDep, caller: CallerDep) -> Job:
+    """The path's job, if it is the caller's team's: another team's job is not found (404), as a missing one."""
+    return job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]  # a {job_id} route's job, owned by the caller's team

@@ -10,7 +10,7 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import cached_caller
-from api.routes.jobs import job_cache
+from api.job_cache import job_cache
 
 _JOB_PATH = re.compile(r"/v1/jobs/([A-Za-z0-9_]+)")
 

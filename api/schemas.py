@@ -7,7 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from rlad_core.config import TrainConfig
 from store.models import EventKind, JobStatus
+
+# the job spec is rlad_core's TrainConfig; its nested models (tasks) go to the OpenAPI components (api/app.py)
+SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+SPEC_DEFS = SPEC_SCHEMA.pop("$defs", {})
 
 
 class FieldError(BaseModel):

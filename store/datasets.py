@@ -1,11 +1,69 @@
-"""Uploaded JSONL datasets (validated by the API before they are recorded; stored once per team and sha256)."""
+"""Uploaded JSONL datasets: read in chunks up to the size limit, validated line by line, stored once per team and
+sha256 in the result store, recorded here."""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rlad_core.tasks.jsonl import DatasetError, validate_jsonl_lines
+from store.errors import InvalidDataset, TooLarge
 from store.models import Dataset
+from store.results import ResultStore
+
+CHUNK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def ingest_dataset(
+    session: Session,
+    *,
+    team_id: str,
+    upload: BinaryIO,
+    filename: str | None,
+    name: str | None,
+    store: ResultStore,
+    max_bytes: int,
+) -> Dataset:
+    """Read `upload` in chunks (more than `max_bytes`: `TooLarge`), validate every line (`InvalidDataset` naming
+    the first bad one), store the bytes in the result store and record the dataset (the team's existing row when
+    the same bytes came before). `name` defaults to the file's name."""
+    digest, size = hashlib.sha256(), 0
+    source = filename or "upload.jsonl"
+    with tempfile.TemporaryFile() as tmp:
+        while chunk := upload.read(CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge(
+                    f"the upload is larger than {max_bytes} bytes; fix: split the dataset or raise "
+                    "RLAD_MAX_UPLOAD_BYTES on the server"
+                )
+            digest.update(chunk)
+            tmp.write(chunk)
+        tmp.seek(0)
+        try:
+            examples = validate_jsonl_lines(tmp, source=source)
+        except DatasetError as exc:
+            raise InvalidDataset(str(exc), line=exc.line) from None
+        tmp.seek(0)
+        location = store.put_dataset(team_id, digest.hexdigest(), iter(lambda: tmp.read(CHUNK), b""))
+    # the file name is the client's text: no control characters (PostgreSQL refuses a NUL) and a bounded length
+    default_name = _CONTROL.sub("", os.path.basename(source))[:200] or "upload.jsonl"
+    return record_dataset(
+        session,
+        team_id=team_id,
+        name=name or default_name,
+        sha256=digest.hexdigest(),
+        bytes=size,
+        lines=len(examples),
+        location=location,
+    )
 
 
 def record_dataset(

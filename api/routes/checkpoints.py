@@ -8,12 +8,11 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import CallerDep, JobId, ReadSessionDep, StoreDep
+from api.deps import OwnedJob, ReadSessionDep, StoreDep
 from api.downloads import TarStream
-from api.routes.jobs import E401, E404, E422, Responses
+from api.responses import E401, E404, E422, Responses
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
 from store import checkpoints as ckpt_store
-from store import jobs as job_store
 from store.errors import NotFound
 from store.models import Checkpoint
 
@@ -41,23 +40,15 @@ def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
-def list_checkpoints(job_id: JobId, session: ReadSessionDep, caller: CallerDep) -> CheckpointList:
-    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
-    return CheckpointList(items=[_public(job_id, c) for c in ckpt_store.list_checkpoints(session, job_id=job_id)])
-
-
-def _checkpoint(session: ReadSessionDep, caller: CallerDep, job_id: str, step: int) -> Checkpoint:
-    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
-    return ckpt_store.get_checkpoint(session, job_id=job_id, step=step)
+def list_checkpoints(job: OwnedJob, session: ReadSessionDep) -> CheckpointList:
+    return CheckpointList(items=[_public(job.id, c) for c in ckpt_store.list_checkpoints(session, job_id=job.id)])
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
-def checkpoint_detail(
-    job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep
-) -> CheckpointDetail:
-    c = _checkpoint(session, caller, job_id, step)
+def checkpoint_detail(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep) -> CheckpointDetail:
+    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
     files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
-    return CheckpointDetail(**_public(job_id, c).model_dump(), files=files)
+    return CheckpointDetail(**_public(job.id, c).model_dump(), files=files)
 
 
 @router.get(
@@ -72,13 +63,11 @@ def checkpoint_detail(
         **E422,
     },
 )
-def download(
-    job_id: JobId, step: Step, session: ReadSessionDep, caller: CallerDep, store: StoreDep
-) -> StreamingResponse:
+def download(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep) -> StreamingResponse:
     """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
-    c = _checkpoint(session, caller, job_id, step)
+    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
     files = store.checkpoint_files(c.location)
-    prefix = f"{job_id}-step-{step}"
+    prefix = f"{job.id}-step-{step}"
     tar = TarStream([(f"{prefix}/{f.name}", store.file_path(c.location, f.name)) for f in files])
     return StreamingResponse(
         iter(tar),
@@ -102,11 +91,9 @@ def download(
         **E422,
     },
 )
-def download_file(
-    job_id: JobId, step: Step, name: str, session: ReadSessionDep, caller: CallerDep, store: StoreDep
-) -> LargeFileResponse:
+def download_file(job: OwnedJob, step: Step, name: str, session: ReadSessionDep, store: StoreDep) -> LargeFileResponse:
     """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
-    c = _checkpoint(session, caller, job_id, step)
+    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
     files = {f.name: f for f in store.checkpoint_files(c.location)}
     if name not in files:
         raise NotFound("file", f"{name} in checkpoint {step}")

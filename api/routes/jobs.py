@@ -2,47 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import JOB_ID_PATTERN, CallerDep, JobId, QueryText, ReadSessionDep, SessionDep, SettingsDep
-from api.schemas import ErrorBody, EventList, EventPublic, JobList, JobPublic
-from rlad_core.config import TrainConfig
+from api.deps import JOB_ID_PATTERN, CallerDep, JobId, OwnedJob, QueryText, ReadSessionDep, SessionDep, SettingsDep
+from api.job_cache import job_cache
+from api.presenters import job_public
+from api.responses import E400, E401, E404, E413, E415, E422, E429
+from api.schemas import SPEC_SCHEMA, ErrorBody, EventList, EventPublic, JobList, JobPublic
 from store import jobs as job_store
-from store import states
-from store.db import read_session
 from store.dispatch import dispatch_job
 from store.errors import InvalidSpec
-from store.models import Job, JobStatus
+from store.models import JobStatus
 from store.settings import get_settings
 
 log = logging.getLogger("rlad.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-# OpenAPI `responses` entries shared by the routes
-Responses = dict[int | str, dict[str, Any]]
-E401: Responses = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
-E404: Responses = {404: {"model": ErrorBody, "description": "no such job for this team"}}
-E400: Responses = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
-E422: Responses = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
-E413: Responses = {413: {"model": ErrorBody, "description": "the body is larger than the server's limit"}}
-E415: Responses = {
-    415: {"model": ErrorBody, "description": "the body is not JSON (Content-Type must be application/json)"}
-}
-E429: Responses = {
-    429: {
-        "model": ErrorBody,
-        "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running; "
-        "retry after `Retry-After` seconds",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    }
-}
 
 
 async def json_body(request: Request) -> None:
@@ -70,38 +47,6 @@ def _nul_field(value: Any, path: str = "") -> str | None:
     return None
 
 
-_SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
-_SPEC_DEFS = _SPEC_SCHEMA.pop("$defs", {})
-
-
-def job_public(session: Session, job: Job) -> JobPublic:
-    p = job_store.progress(job)
-    return JobPublic(
-        id=job.id,
-        name=job.name,
-        method=job.method,
-        status=job.status,
-        is_terminal=states.is_terminal(job.status),
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        queue=job.queue,
-        queue_position=job_store.queue_position(session, job=job),
-        steps_done=job.last_step,
-        total_steps=job.total_steps,
-        eta_s=p.eta_s,
-        heartbeat_age_s=p.heartbeat_age_s,
-        worker=job.worker,
-        error_code=job.error_code,
-        error_message=job.error_message,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        spec=job.spec,
-        spec_resolved=job.spec_resolved,
-    )
-
-
 @router.post(
     "",
     status_code=202,
@@ -116,7 +61,7 @@ def job_public(session: Session, job: Job) -> JobPublic:
         **E422,
         **E429,
     },
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _SPEC_SCHEMA}}}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": SPEC_SCHEMA}}}},
     dependencies=[Depends(json_body)],
 )
 def submit(
@@ -185,61 +130,6 @@ def list_jobs(
     )
 
 
-class _JobCache:
-    """Serialized `GET /v1/jobs/{id}` bodies, per process, for `job_cache_ttl_s`: a dashboard wall polling one
-    job costs one query a second, not one per poll. Concurrent misses of one job share one query (without
-    that, every poll in flight when an entry expires queries at once and the slowest wait for all of them).
-    This process's own writes (cancel) drop the entry."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[str, bytes, float]] = {}  # job id -> (team id, body, expiry)
-        self.loading: dict[tuple[str, str], asyncio.Future[bytes]] = {}
-
-    def get(self, job_id: str, team_id: str) -> bytes | None:
-        hit = self.entries.get(job_id)
-        if hit is None or hit[2] < time.monotonic() or hit[0] != team_id:
-            return None
-        return hit[1]
-
-    def put(self, job_id: str, team_id: str, body: bytes, ttl_s: float) -> None:
-        if len(self.entries) > 50_000:
-            self.entries.clear()
-        self.entries[job_id] = (team_id, body, time.monotonic() + ttl_s)
-
-    def drop(self, job_id: str) -> None:
-        self.entries.pop(job_id, None)
-        for key in [k for k in self.loading if k[0] == job_id]:
-            del self.loading[key]  # a load that began before this write must not fill the cache
-
-    async def load(self, job_id: str, team_id: str, ttl_s: float) -> bytes:
-        if ttl_s <= 0:
-            return await run_in_threadpool(_job_json, job_id, team_id)
-        key = (job_id, team_id)
-        future = self.loading.get(key)
-        if future is None:
-            future = asyncio.ensure_future(run_in_threadpool(_job_json, job_id, team_id))
-            self.loading[key] = future
-
-            def done(f: asyncio.Future[bytes]) -> None:
-                if self.loading.get(key) is f:
-                    del self.loading[key]
-                    if not f.cancelled() and f.exception() is None:
-                        self.put(job_id, team_id, f.result(), ttl_s)
-
-            future.add_done_callback(done)
-        return await asyncio.shield(future)  # one caller going away does not cancel the others' query
-
-
-job_cache = _JobCache()
-
-
-def _job_json(job_id: str, team_id: str) -> bytes:
-    with read_session() as session:
-        return (
-            job_public(session, job_store.get_job(session, team_id=team_id, job_id=job_id)).model_dump_json().encode()
-        )
-
-
 @router.get("/{job_id}", response_model=JobPublic, responses={**E401, **E404})
 async def get_job(job_id: JobId, caller: CallerDep) -> Response:
     """A job's status and progress (at most `RLAD_JOB_CACHE_TTL_S` old, default 1 s)."""
@@ -262,14 +152,12 @@ def cancel(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=EventList, responses={**E401, **E404, **E422})
 def events(
-    job_id: JobId,
+    job: OwnedJob,
     session: ReadSessionDep,
-    caller: CallerDep,
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
-    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
-    rows = job_store.list_events(session, job_id=job_id, after=after, limit=limit)
+    rows = job_store.list_events(session, job_id=job.id, after=after, limit=limit)
     return EventList(
         items=[EventPublic(id=e.id, kind=e.kind, attempt=e.attempt, data=e.data, created_at=e.created_at) for e in rows]
     )

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, JobId, QueryText, ReadSessionDep, SettingsDep
-from api.routes.jobs import E401, E404, E422
+from api.deps import OwnedJob, QueryText, ReadSessionDep, SettingsDep
+from api.responses import E401, E404, E422
 from api.schemas import LatestMetrics, LatestPoint, MetricSeries, MetricsPublic, SampleList, SamplePublic
 from store import jobs as job_store
 from store import metrics as metric_store
@@ -26,9 +26,8 @@ TAIL_POINTS = 2000  # a stream opened without a cursor starts with about this ma
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
 def read(
-    job_id: JobId,
+    job: OwnedJob,
     session: ReadSessionDep,
-    caller: CallerDep,
     settings: SettingsDep,
     key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
     step_min: Annotated[int | None, Query(ge=0)] = None,
@@ -37,13 +36,12 @@ def read(
 ) -> MetricsPublic:
     """Series per key. A range longer than `max_points` steps is cut into aligned buckets of `bucket` steps,
     each shown by its first point."""
-    job = job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
     max_points = min(max_points, settings.max_metric_points)
-    keys = metric_store.metric_keys(session, job_id=job_id)
+    keys = metric_store.metric_keys(session, job_id=job.id)
     last = job.last_step if step_max is None and job.last_step else None
     data = metric_store.read_metrics(
         session,
-        job_id=job_id,
+        job_id=job.id,
         keys=key or keys,
         step_min=step_min,
         step_max=step_max,
@@ -54,35 +52,31 @@ def read(
         MetricSeries(key=k, steps=[p.step for p in pts], values=[p.value for p in pts], times=[p.time for p in pts])
         for k, pts in data.points.items()
     ]
-    return MetricsPublic(job_id=job_id, keys=keys, series=series, downsampled=data.bucket > 1, bucket=data.bucket)
+    return MetricsPublic(job_id=job.id, keys=keys, series=series, downsampled=data.bucket > 1, bucket=data.bucket)
 
 
 @router.get("/{job_id}/metrics/latest", response_model=LatestMetrics, responses={**E401, **E404, **E422})
 def latest(
-    job_id: JobId,
+    job: OwnedJob,
     session: ReadSessionDep,
-    caller: CallerDep,
     key: Annotated[list[QueryText] | None, Query(description="metric keys (repeat); default: all")] = None,
 ) -> LatestMetrics:
     """The newest value of each key (progress bars, dashboards' summary tiles)."""
-    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
-    points = metric_store.latest_points(session, job_id=job_id, keys=key)
+    points = metric_store.latest_points(session, job_id=job.id, keys=key)
     return LatestMetrics(
-        job_id=job_id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time) for k, p in points.items()}
+        job_id=job.id, latest={k: LatestPoint(step=p.step, value=p.value, time=p.time) for k, p in points.items()}
     )
 
 
 @router.get("/{job_id}/samples", response_model=SampleList, responses={**E401, **E404, **E422})
 def samples(
-    job_id: JobId,
+    job: OwnedJob,
     session: ReadSessionDep,
-    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=sample_store.KEEP)] = 20,
     eval: Annotated[bool | None, Query(description="true: evaluation samples only; false: training only")] = None,
 ) -> SampleList:
     """The newest rollouts (prompt, completion, reward), newest first: what the student writes."""
-    job_store.get_job(session, team_id=caller.team_id, job_id=job_id)
-    rows = sample_store.latest_samples(session, job_id=job_id, limit=limit, eval=eval)
+    rows = sample_store.latest_samples(session, job_id=job.id, limit=limit, eval=eval)
     return SampleList(
         items=[
             SamplePublic(
@@ -113,10 +107,9 @@ def samples(
     },
 )
 async def stream(
-    job_id: JobId,
+    job: OwnedJob,
     request: Request,
     session: ReadSessionDep,
-    caller: CallerDep,
     since: Annotated[
         float | None,
         Query(
@@ -131,7 +124,7 @@ async def stream(
     points only (about the last 2,000 written), not the whole history: read the history with
     `GET /metrics`, then tail from the newest `times` value it returned with `since`. `since` and
     `Last-Event-ID` (reconnects) resume exactly: every point written after that time."""
-    await run_in_threadpool(job_store.get_job, session, team_id=caller.team_id, job_id=job_id)
+    job_id = job.id
     last_id = request.headers.get("last-event-id")
     if last_id and last_id.replace(".", "", 1).isdigit():
         cursor = float(last_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CallerDep, ReadSessionDep, SettingsDep
-from api.routes.jobs import E401
+from api.responses import E401
 from api.schemas import QueueDepth, QueueState, QueueTotals, WorkerPublic
 from store import workers as worker_store
 
