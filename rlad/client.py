@@ -201,15 +201,17 @@ class Client:
         the retries here (no answer, or 502/503/504 such as a database restart, up to `retries` times with
         backoff and the server's Retry-After) can never create the job twice."""
         headers = {"Idempotency-Key": idempotency_key or f"rlad-client-{uuid.uuid4().hex}"}
-        for attempt in range(retries + 1):
+        for attempt in range(retries):
             try:
                 return self._json("POST", "/v1/jobs", json=spec, headers=headers)
-            except (ServiceUnavailable, ApiError) as exc:
-                transient = isinstance(exc, ServiceUnavailable) or exc.status in RETRY_STATUSES
-                if not transient or attempt == retries:
+            except ServiceUnavailable:
+                retry_after = None
+            except ApiError as exc:
+                if exc.status not in RETRY_STATUSES:
                     raise
-                time.sleep(min(getattr(exc, "retry_after", None) or 0.5 * 2**attempt, 10.0))
-        raise AssertionError("unreachable")
+                retry_after = exc.retry_after
+            time.sleep(min(retry_after or 0.5 * 2**attempt, 10.0))
+        return self._json("POST", "/v1/jobs", json=spec, headers=headers)
 
     def list_jobs(
         self,

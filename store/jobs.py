@@ -336,11 +336,11 @@ def lost_count(session: Session, *, job_id: str) -> int:
     return int(n or 0)
 
 
-def release_job(session: Session, *, job_id: str, attempt: int, reason: str, step: int | None = None) -> Job | None:
+def release_job(session: Session, *, job_id: str, attempt: int, reason: str) -> Job | None:
     """A worker that is stopping hands the job back: queued again at once (the next attempt resumes from the
-    last checkpoint), with a `released` event; not a loss, so it does not use up `max_attempts`. A job being
-    cancelled ends cancelled instead. None when this attempt no longer holds the job. The caller dispatches
-    the returned queued job."""
+    last checkpoint), with a `released` event naming the step it reached; not a loss, so it does not use up
+    `max_attempts`. A job being cancelled ends cancelled instead. None when this attempt no longer holds the job.
+    The caller dispatches the returned queued job."""
     job = _locked(session, job_id)
     if job.attempt != attempt or job.status not in states.ACTIVE:
         return None
@@ -353,7 +353,7 @@ def release_job(session: Session, *, job_id: str, attempt: int, reason: str, ste
         S.queued,
         event=EventKind.released,
         reason=reason,
-        step=job.last_step if step is None else step,
+        step=job.last_step,
         next_attempt=job.attempt + 1,
     )
     job.worker, job.heartbeat_at, job.dispatched_at = None, None, utcnow()

@@ -61,7 +61,6 @@ def _remember_node(sender: str, instance: Any, **_: Any) -> None:
         queues=sorted(instance.app.amqp.queues.consume_from),
         pid=os.getpid(),
         stop=threading.Event(),
-        instance=instance,
         devices=0,
     )
 
