@@ -27,12 +27,11 @@ from rlad_core.rollout import (
     HFEngine,
     Rollouts,
     SamplingParams,
-    _finish,
-    _left_pad,
     make_engine,
     sample_next_token,
     top_p_filter,
 )
+from rlad_core.rollout.base import finish_rollouts, left_pad
 from rlad_core.scoring import completion_logprobs, position_ids_from_mask
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 64
@@ -129,7 +128,7 @@ def test_fast_prefill_and_decode_logits_equal_hf_full_forward(models, arch):
     model = models[arch]
     T = 6
     completion = torch.randint(3, VOCAB, (len(PROMPTS), T), generator=torch.Generator().manual_seed(1))  # (B, T)
-    ids, mask = _left_pad(PROMPTS, PAD, torch.device("cpu"))
+    ids, mask = left_pad(PROMPTS, PAD, torch.device("cpu"))
     dec = FastEngine(model, eos_token_id=EOS, pad_token_id=PAD).decoder
     with torch.inference_mode():
         dec.begin(ids.shape[0], ids.shape[1] + T)
@@ -257,7 +256,7 @@ def test_fast_and_hf_draw_the_same_samples_from_the_same_seed(models):
 def test_finish_masks_after_first_eos_and_keeps_it():
     tokens = torch.tensor([[5, EOS, 7, EOS], [EOS, 3, 4, 5], [6, 7, 8, 9]])
     logp = -torch.arange(1, 13, dtype=torch.float32).view(3, 4)
-    r = _finish(
+    r = finish_rollouts(
         torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long), tokens, logp, torch.tensor([EOS]), PAD
     )
     assert r.completion_ids.tolist() == [[5, EOS, PAD, PAD], [EOS, PAD, PAD, PAD], [6, 7, 8, 9]]
@@ -361,7 +360,7 @@ def test_invalid_inputs_raise():
     with pytest.raises(ValueError):
         SamplingParams(temperature=-1.0)
     with pytest.raises(ValueError, match="at least one token"):
-        _left_pad([[1, 2], []], PAD, torch.device("cpu"))
+        left_pad([[1, 2], []], PAD, torch.device("cpu"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
