@@ -1,29 +1,21 @@
 """`rlad bench paper-mini`: the paper's comparison (arXiv 2602.22495, Table 1; alpha ablation: Table 5) in
-miniature, on CPU, with models the project builds itself.
+miniature, on CPU, with models the project builds itself. The set-up, the lab notes (which models and
+prompt styles were tried, the hyperparameter budget) and the results are in docs/paper-mini/README.md.
 
-1. Models (cached under the work directory, keyed by their recipe): per task a teacher (a 0.4M-parameter tiny
-   Llama, SFT-trained on the task's reference solutions; a deeper 0.8M and a wider 1.6M one did no better on
-   Knights-and-Knaves in the same time) and a 0.1M-parameter student, briefly SFT-warmed so
-   that its accuracy is low but not zero (RL needs some reward signal). Tasks: Knights-and-Knaves with 2 to 4
-   people in the compact prompt style with answer-only solutions, and arithmetic. Why not the English prompt
-   with per-speaker reasoning: on 2 cores a character-level tiny teacher did not get strong on it within the
-   budget (0.4M parameters, 2-4 people: 3% after 300 SFT steps, 6 minutes; answer-only: 41% on 2 and 0% on 3
-   people after 600 steps); the compact prompt is a fifth of the characters. `TaskSetup` takes any task.
+1. Models (cached under the work directory, keyed by their recipe): per task a tiny teacher SFT-trained on
+   the task's reference solutions and a smaller student, briefly SFT-warmed so that its accuracy is low but
+   not zero (RL needs some reward signal). `TaskSetup` takes any task.
 2. Runs: from the same student start, on the same prompts (the seed fixes the prompt stream and the
-   held-out set) and with the same number of student updates: grpo, kdrl, rlad (alpha 0.5), opd, and sft on
+   held-out set) and with the same number of student updates: every method of `METHODS`, sft on
    reject-sampled teacher traces (`sft_source: teacher`), for each seed of the preset.
 3. Evaluation on the held-out set by difficulty (the paper's PPL2..PPLn columns): greedy accuracy, pass@k.
 4. Output (`out`): `results.json` (every number), `tables.md` (the paper's layouts, mean and spread over
    seeds), `curves-<task>.png` (reward and held-out accuracy against step), `ablation-<task>.png`.
 5. Alpha ablation on one task (Knights-and-Knaves, as in the paper).
 
-Hyperparameter budget: every method runs with ONE shared configuration (`Preset.shared`: learning rate,
-batch, group, length, schedule) and the paper's defaults for its own coefficients (rlad alpha 0.5 and
-clamp 1; kdrl k2 with coefficient 0.002; clip 0.2/0.28). Nothing is tuned per method; what was tried is
-recorded in `results.json` (`hyperparameters`).
-
-`via_api`: every run is submitted as a job to a running service (the dashboard's compare page then shows
-them side by side) instead of running in this process; models must be readable by the workers.
+Every method runs with ONE shared configuration (`Preset.shared`) and the paper's defaults for its own
+coefficients; nothing is tuned per method. `via_api`: every run is submitted as a job to a running service
+(the dashboard's compare page then shows them side by side); models must be readable by the workers.
 """
 
 from __future__ import annotations
@@ -39,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")  # rlad_core.config.METHODS in the paper's table order
+METHODS = ("grpo", "kdrl", "rlad", "opd", "sft")  # every method of rlad_core.config, in the paper's table order
 
 
 @dataclass(frozen=True)

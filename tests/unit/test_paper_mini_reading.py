@@ -57,3 +57,10 @@ def test_one_seed_claims_nothing_and_ties_are_named() -> None:
     lines = reading(_results({"grpo": [(0.25, 0.5)], "kdrl": [(0.25, 0.5)]}), "kk", "PPL")
     assert "- PPL2: grpo, kdrl tied at 25.0%." in lines
     assert not any("rlad" in line for line in lines)  # no claim about a method that did not run
+
+
+def test_the_suite_runs_every_method_the_config_knows() -> None:
+    from rlad.paper_mini import METHODS
+    from rlad_core.config import METHODS as CONFIG_METHODS
+
+    assert sorted(METHODS) == sorted(CONFIG_METHODS)
