@@ -164,12 +164,11 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         from rlad.service import api_command
-        from store import checkpoints as ckpt_store
         from store import jobs as job_store
         from store import metrics as metric_store
         from store.db import session_scope
         from store.migrate import upgrade
-        from store.results import get_result_store
+        from store.results import get_result_store, record_checkpoint
         from store.settings import get_settings
         from store.teams import create_api_key, get_or_create_team
 
@@ -224,7 +223,7 @@ def main() -> None:
         }
         (ck / "manifest.json").write_text(json.dumps({"step": 1, "files": files}))
         with session_scope() as s:
-            ckpt_store.record_checkpoint(
+            record_checkpoint(
                 s,
                 job_id=job_id,
                 step=1,

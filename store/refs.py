@@ -24,11 +24,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from rlad_core.config import ConfigError
-from store import checkpoints as ckpt_store
 from store import datasets as ds_store
 from store.errors import InvalidSpec, NotFound
 from store.models import Job
-from store.results import ResultStore
+from store.results import ResultStore, get_checkpoint
 from store.settings import Settings
 
 DATASET_SCHEME = "dataset:"
@@ -141,7 +140,7 @@ def _own_checkpoint_location(session: Session, team_id: str, field: str, value: 
     if job is None or job.team_id != team_id:  # another team's job does not exist for this one
         raise _Refused(field, NO_CHECKPOINT)
     try:
-        ckpt = ckpt_store.get_checkpoint(session, job_id=job.id, step=int(m["step"]) if m["step"] else None)
+        ckpt = get_checkpoint(session, job_id=job.id, step=int(m["step"]) if m["step"] else None)
     except NotFound:
         raise _Refused(field, NO_CHECKPOINT) from None
     return ckpt.location

@@ -1,9 +1,10 @@
-"""The result store: where checkpoints and uploaded datasets live.
+"""The result store: where checkpoints and uploaded datasets live, and the checkpoint rows that publish them.
 
-Behind a small interface so an object store can be added; the default is a directory (`LocalResultStore`)
+Files: behind a small interface so an object store can be added; the default is a directory (`LocalResultStore`)
 laid out as `jobs/<job id>/checkpoints/step-<n>/` and `datasets/<team id>/<sha256>.jsonl`. The trainer
 writes a job's checkpoints straight into `job_dir(job_id)` (atomically: temp dir + rename, see
-rlad_core.checkpoint), so publishing one is recording its location.
+rlad_core.checkpoint), so publishing one is recording its location: a row per (job, step) in `checkpoints`,
+written after the directory is complete (`describe_checkpoint`, `record_checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from rlad_core.layout import MANIFEST, step_dir
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from rlad_core.layout import MANIFEST, list_steps, step_dir
+from store.errors import NotFound
+from store.models import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -107,3 +114,75 @@ class LocalResultStore:
 
 def get_result_store(root: str | Path) -> ResultStore:
     return LocalResultStore(root)
+
+
+# ----- checkpoint rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a checkpoint row records about a complete checkpoint directory."""
+
+    location: str  # relative to the result store
+    bytes: int  # every file, manifest included
+    sha256: str  # of manifest.json, which holds every other file's sha256
+    steps_on_disk: frozenset[int]  # the job's checkpoints still on disk (the trainer prunes old ones)
+
+
+def describe_checkpoint(store: ResultStore, path: Path) -> CheckpointFacts:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return CheckpointFacts(
+        location=store.location_of(path),
+        bytes=sum(p.stat().st_size for p in files),
+        sha256=hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest(),
+        steps_on_disk=frozenset(list_steps(path.parent)),
+    )
+
+
+def record_checkpoint(
+    session: Session,
+    *,
+    job_id: str,
+    step: int,
+    kind: str,
+    location: str,
+    bytes: int,
+    sha256: str,
+    metrics: dict[str, Any],
+) -> None:
+    """Insert or replace (a resumed attempt may write the same step again)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    values = {
+        "job_id": job_id,
+        "step": step,
+        "kind": kind,
+        "location": location,
+        "bytes": bytes,
+        "sha256": sha256,
+        "metrics": metrics,
+    }
+    stmt = insert(Checkpoint).values(**values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["job_id", "step"], set_={k: stmt.excluded[k] for k in values if k not in ("job_id", "step")}
+        )
+    )
+
+
+def forget_checkpoints(session: Session, *, job_id: str, keep: frozenset[int] | set[int]) -> None:
+    """Drop the rows of checkpoints the trainer pruned (keep_checkpoints): every step not in `keep`."""
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step.not_in(keep)))
+
+
+def list_checkpoints(session: Session, *, job_id: str) -> list[Checkpoint]:
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
+
+
+def get_checkpoint(session: Session, *, job_id: str, step: int | None = None) -> Checkpoint:
+    """The checkpoint at `step`, or the latest one."""
+    q = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    q = q.where(Checkpoint.step == step) if step is not None else q.order_by(Checkpoint.step.desc()).limit(1)
+    ckpt = session.scalar(q)
+    if ckpt is None:
+        raise NotFound("checkpoint", f"{job_id}@{'latest' if step is None else step}")
+    return ckpt

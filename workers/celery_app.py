@@ -25,12 +25,11 @@ from store import workers as worker_store
 from store.db import after_fork, session_scope
 from store.dispatch import broker_options
 from store.settings import get_settings
+from workers.reaper import REAP
 from workers.supervisor import mark_worker_stopping  # its shared flag is made here, before the pool forks
 
-REAP = "rlad.reap"
-
 settings = get_settings()
-app = Celery("rlad", include=["workers.tasks"])
+app = Celery("rlad")  # the tasks: run_job (workers.supervisor) and reap (workers.reaper), imported above
 app.conf.update(
     broker_options(settings),
     task_acks_late=False,  # early ack (above)

@@ -1,4 +1,4 @@
-"""The job supervisor: what `run_job(job_id)` does on a worker.
+"""The job supervisor: the `run_job(job_id)` Celery task, and what it does on a worker.
 
 claim (conditional UPDATE queued -> starting, attempt + 1; nothing to claim -> return at once: a message of a
    cancelled or already claimed job costs one query and no process)
@@ -29,9 +29,11 @@ import sys
 import time
 from typing import Any
 
+from celery import shared_task
+
 from store import jobs as job_store
 from store.db import is_unavailable, retry_unavailable, session_scope
-from store.dispatch import dispatch_job
+from store.dispatch import RUN_JOB, dispatch_job
 from store.models import JobStatus
 from store.settings import get_settings
 
@@ -74,6 +76,12 @@ class ShutdownRequest:
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+
+
+@shared_task(name=RUN_JOB, bind=True)
+def run_job(self: Any, job_id: str) -> None:
+    """The task a job's id is sent to (thin: the supervisor below does the work)."""
+    supervise(job_id, worker=self.request.hostname)
 
 
 def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:

@@ -12,7 +12,7 @@ from api.deps import OwnedJob, ReadSessionDep, StoreDep
 from api.downloads import TarStream
 from api.responses import E401, E404, E422, Responses
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
-from store import checkpoints as ckpt_store
+from store import results
 from store.errors import NotFound
 from store.models import Checkpoint
 
@@ -41,12 +41,12 @@ def _public(job_id: str, c: Checkpoint) -> CheckpointPublic:
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses={**E401, **E404})
 def list_checkpoints(job: OwnedJob, session: ReadSessionDep) -> CheckpointList:
-    return CheckpointList(items=[_public(job.id, c) for c in ckpt_store.list_checkpoints(session, job_id=job.id)])
+    return CheckpointList(items=[_public(job.id, c) for c in results.list_checkpoints(session, job_id=job.id)])
 
 
 @router.get("/{job_id}/checkpoints/{step}", response_model=CheckpointDetail, responses={**E401, **E404C, **E422})
 def checkpoint_detail(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep) -> CheckpointDetail:
-    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
+    c = results.get_checkpoint(session, job_id=job.id, step=step)
     files = [CheckpointFile(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in store.checkpoint_files(c.location)]
     return CheckpointDetail(**_public(job.id, c).model_dump(), files=files)
 
@@ -65,7 +65,7 @@ def checkpoint_detail(job: OwnedJob, step: Step, session: ReadSessionDep, store:
 )
 def download(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep) -> StreamingResponse:
     """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
-    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
+    c = results.get_checkpoint(session, job_id=job.id, step=step)
     files = store.checkpoint_files(c.location)
     prefix = f"{job.id}-step-{step}"
     tar = TarStream([(f"{prefix}/{f.name}", store.file_path(c.location, f.name)) for f in files])
@@ -93,7 +93,7 @@ def download(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep
 )
 def download_file(job: OwnedJob, step: Step, name: str, session: ReadSessionDep, store: StoreDep) -> LargeFileResponse:
     """One file of a checkpoint; supports HTTP Range requests (resumable downloads)."""
-    c = ckpt_store.get_checkpoint(session, job_id=job.id, step=step)
+    c = results.get_checkpoint(session, job_id=job.id, step=step)
     files = {f.name: f for f in store.checkpoint_files(c.location)}
     if name not in files:
         raise NotFound("file", f"{name} in checkpoint {step}")

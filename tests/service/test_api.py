@@ -181,9 +181,8 @@ def _fake_checkpoint(job_id: str, step: int, tiny_model: Path) -> None:
     """Record a real checkpoint (a tiny model saved by rlad_core) for `job_id` in the result store."""
     from rlad_core.checkpoint import save_checkpoint
     from rlad_core.models import load_model, load_tokenizer
-    from store import checkpoints as ckpt_store
     from store.db import session_scope
-    from store.results import get_result_store
+    from store.results import get_result_store, record_checkpoint
     from store.settings import get_settings
 
     store = get_result_store(get_settings().resolved_result_root)
@@ -196,7 +195,7 @@ def _fake_checkpoint(job_id: str, step: int, tiny_model: Path) -> None:
         metrics={"loss": 1.0},
     )
     with session_scope() as s:
-        ckpt_store.record_checkpoint(
+        record_checkpoint(
             s,
             job_id=job_id,
             step=step,

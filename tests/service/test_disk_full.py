@@ -15,7 +15,7 @@ from store.db import session_scope
 from store.models import JobStatus as S
 from store.teams import get_or_create_team
 from tests.service.conftest import reset_caches, tiny_spec
-from workers.reporter import JobReporter
+from workers.trainer_process import JobReporter
 
 DEADLINE_S = 300.0
 

@@ -66,15 +66,15 @@ def store_and_settings():
 def fake_checkpoint(job_id: str, step: int, model_dir: Path) -> Path:
     """A checkpoint of `job_id` at `step` in the result store (a copy of a tiny HF model directory) and its
     row in the checkpoints table, as the trainer's reporter records one."""
-    from store import checkpoints as ckpt_store
     from store.db import session_scope
+    from store.results import record_checkpoint
 
     store, _ = store_and_settings()
     location = store.checkpoint_location(job_id, step)
     path = store.checkpoint_dir(location)
     shutil.copytree(model_dir, path)
     with session_scope() as s:
-        ckpt_store.record_checkpoint(
+        record_checkpoint(
             s, job_id=job_id, step=step, kind="periodic", location=location, bytes=1, sha256="0" * 64, metrics={}
         )
     return path

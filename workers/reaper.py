@@ -1,0 +1,36 @@
+"""The reaper, run by beat on the cpu queue: stale heartbeats -> lost; lost -> queued (dispatched again,
+resuming) or failed; undelivered jobs sent again. The rules are `store.jobs.reap`'s; this task sends the ids."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from store.db import session_scope
+from store.dispatch import dispatch_job
+from store.jobs import reap as reap_jobs
+from store.settings import get_settings
+
+REAP = "rlad.reap"
+
+log = logging.getLogger("rlad.worker")
+
+
+@shared_task(name=REAP)
+def reap() -> int:
+    """Returns how many jobs were dispatched."""
+    with session_scope() as session:
+        settings = get_settings()
+        requeued = [
+            (j.id, j.queue)
+            for j in reap_jobs(
+                session,
+                heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                redispatch_after_s=settings.redispatch_after_s,
+            )
+        ]
+    for job_id, queue in requeued:
+        log.info("job %s: dispatched again (lost, or its message never reached a worker)", job_id)
+        dispatch_job(job_id, queue)
+    return len(requeued)
