@@ -29,6 +29,7 @@ KLEstimator = Literal["k1", "k2", "k3"]
 TeacherClampGrad = Literal["stop", "straight-through"]
 StdKind = Literal["population", "unbiased"]
 AdvantageScale = Literal["group", "none"]
+SamplingStreams = Literal["auto", "batch", "per_prompt"]
 METHODS: tuple[str, ...] = get_args(Method)
 TEACHER_METHODS: tuple[str, ...] = ("rlad", "kdrl", "opd")  # sft needs one only with sft_source="teacher"
 
@@ -149,6 +150,15 @@ class TrainConfig(_Strict):
     engine: Literal["auto", "fast", "hf", "vllm"] = Field(
         default="auto", description="rollout engine; auto = fast when the architecture is supported, else hf"
     )
+    sampling_streams: SamplingStreams = Field(
+        default="auto",
+        description=(
+            "(ours) the rollouts' random numbers: batch = one stream for the whole batch (as HF generate draws); "
+            "per_prompt = one stream per sampled row, seeded by (seed, step, row), so the rollouts are the same "
+            "however the prompts are split over processes (needs engine fast or vllm); auto = per_prompt when "
+            "the run has more than one process, else batch"
+        ),
+    )
     train_pool_size: int = Field(
         default=4096,
         ge=1,
@@ -257,8 +267,8 @@ class TrainConfig(_Strict):
     output_dir: Text | None = Field(
         default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="model weights and compute dtype"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        default="float32", description="model weights and compute dtype (float64: for exactness checks)"
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")

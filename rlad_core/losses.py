@@ -106,10 +106,16 @@ def microbatch_weight(mask_mb: torch.Tensor, mask_full: torch.Tensor, aggregatio
     exactly when the micro-batches partition the rows of the full (B, T) batch (and, for
     "seq-mean-token-sum-norm", every call gets the same `max_len`: the weight is then B_mb / B for any max_len).
     """
+    return share_weight(float(mask_mb.sum()), mask_mb.shape[0], float(mask_full.sum()), mask_full.shape[0], aggregation)
+
+
+def share_weight(tokens_mb: float, rows_mb: int, tokens_full: float, rows_full: int, aggregation: Aggregation) -> float:
+    """`microbatch_weight` from counts: what a data-parallel rank uses, with the full batch's token and row
+    counts summed over the ranks that hold its rows."""
     if aggregation == "token-mean":
-        return float(mask_mb.sum().clamp(min=1.0) / mask_full.sum().clamp(min=1.0))
+        return max(tokens_mb, 1.0) / max(tokens_full, 1.0)
     if aggregation in ("seq-mean-token-mean", "seq-mean-token-sum-norm"):
-        return mask_mb.shape[0] / mask_full.shape[0]
+        return rows_mb / rows_full
     raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
 
 

@@ -39,7 +39,7 @@ def completion_logprobs(
         use_cache=False,
     )
     logits = out.logits[:, :-1, :]  # (B, T, V): position t predicts completion token t
-    if logits.dtype != torch.float32:
+    if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.float()  # log-softmax in fp32: bf16 log-probs are too coarse for ratios near 1
     if temperature != 1.0:
         logits = logits / temperature

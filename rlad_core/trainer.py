@@ -8,6 +8,11 @@ One step (shared/RLAD.md, shared/ARCHITECTURE.md):
 `sft` replaces the rollouts with reward-filtered teacher traces (or the task's reference solutions) and the
 loss with cross-entropy. The loop talks to the outside only through a `Reporter`.
 
+Under torchrun (`rlad_core.distributed`) each process takes a contiguous block of the step's prompts, samples,
+scores and rewards them, and the update is data-parallel (DDP): every micro-batch's weight is its share of the
+global mini-batch, so the gradient is the one a single process computes on the whole batch. Rank 0 reports,
+evaluates and saves; metrics are computed over every rank's rows.
+
 Steps are numbered from 1: "step s" is the state after s updates; step 0 is the initial model.
 """
 
@@ -19,9 +24,10 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -36,6 +42,7 @@ from rlad_core.checkpoint import (
     set_rng_state,
 )
 from rlad_core.config import TEACHER_METHODS, ConfigError, TrainConfig
+from rlad_core.distributed import World, init_world
 from rlad_core.evaluate import evaluate
 from rlad_core.models import (
     check_tokenizers_compatible,
@@ -45,7 +52,7 @@ from rlad_core.models import (
     load_tokenizer,
 )
 from rlad_core.reporting import Reporter
-from rlad_core.rollout import RolloutEngine, SamplingParams, make_engine
+from rlad_core.rollout import HFEngine, RolloutEngine, SamplingParams, make_engine
 from rlad_core.scoring import completion_logprobs, score_in_chunks
 from rlad_core.tasks import get_task
 from rlad_core.tasks.base import Example, Task
@@ -112,8 +119,10 @@ def train(
     A checkpoint is written only if its disk keeps `disk_reserve_bytes` free beside it; otherwise the run
     reports `disk_full` and waits (heartbeats go on), checking every `disk_poll_s` seconds, until space is freed.
     """
-    reporter = reporter or Reporter()
     run = _setup(config, resume_from)
+    world = run.world
+    # rank 0 reports; the other ranks follow its stop requests (one broadcast a step)
+    reporter = (reporter or Reporter()) if world.is_main else Reporter()
     run.disk_reserve_bytes, run.disk_poll_s = disk_reserve_bytes, disk_poll_s
     G = config.group_size
     result = TrainResult(
@@ -126,7 +135,7 @@ def train(
         method=config.method,
         checkpoint=str(run.resumed_from) if run.resumed_from else None,
     )
-    if config.eval_every and run.start_step == 0:
+    if config.eval_every and run.start_step == 0 and world.is_main:
         result.eval_before = _evaluate(config, run, reporter, step=0)
 
     consecutive_nonfinite = run.consecutive_nonfinite
@@ -135,18 +144,23 @@ def train(
     step = run.start_step
     try:
         for step in range(run.start_step + 1, config.steps + 1):
-            if reporter.should_stop():
+            if world.from_main(reporter.should_stop()):
                 step -= 1
                 result.stopped = True
                 break
             t_start = time.perf_counter()
 
             # ===== 1. sample P prompts; G rollouts each (or, for sft, reward-filtered traces) ==============
-            examples_P = _examples_for_step(run.pool, step, config.prompts_per_step, config.seed)
+            # this process's block of the step's prompts (all of them on one process)
+            block = world.block(config.prompts_per_step)
+            examples_P = _examples_for_step(run.pool, step, config.prompts_per_step, config.seed)[
+                block.start : block.stop
+            ]
             if config.method == "sft":
-                batch, sft_metrics = _sft_traces(config, run, examples_P)
+                batch, sft_metrics = _sft_traces(config, run, examples_P, step, block.start)
             else:
-                batch, sft_metrics = _rollouts(config, run, [e for e in examples_P for _ in range(G)]), {}
+                seeds = _row_seeds(config, run, step, block.start * G, len(examples_P) * G)
+                batch, sft_metrics = _rollouts(config, run, [e for e in examples_P for _ in range(G)], seeds), {}
             t_generated = time.perf_counter()
             reporter.heartbeat(step)
 
@@ -201,13 +215,22 @@ def train(
             else:
                 consecutive_nonfinite = 0
 
-            # ===== 5. log ====================================================================================
-            lengths = batch.completion_mask.sum(1)
+            # ===== 5. log (over every rank's rows) ==========================================================
+            lengths = batch.completion_mask.sum(1).cpu()
+            if world.distributed:
+                parts = world.gather((rewards_B, scores, lengths, sft_metrics))
+                rewards_all = torch.cat([p[0] for p in parts])
+                scores_all = [sc for p in parts for sc in p[1]]
+                lengths = torch.cat([p[2] for p in parts])
+                if "sft_kept_frac" in sft_metrics:
+                    sft_metrics = {"sft_kept_frac": sum(p[3]["sft_kept_frac"] for p in parts) / world.size}
+            else:
+                rewards_all, scores_all = rewards_B, scores
             n_tokens = float(lengths.sum())
-            step_time = t_updated - t_start
+            step_time = world.max([t_updated - t_start])[0]
             metrics = {
                 # for sft the rows are the training traces, not the student's samples: no reward metrics
-                **(_reward_metrics(rewards_B, scores, G) if config.method != "sft" else {}),
+                **(_reward_metrics(rewards_all, scores_all, G) if config.method != "sft" else {}),
                 "response_length_mean": float(lengths.mean()) if len(lengths) else 0.0,
                 "response_length_max": float(lengths.max()) if len(lengths) else 0.0,
                 "lr": lr,
@@ -234,7 +257,7 @@ def train(
                 )
 
             # ===== 6. evaluate and checkpoint ==============================================================
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            if config.eval_every and (step % config.eval_every == 0 or step == config.steps) and world.is_main:
                 result.eval_after = _evaluate(config, run, reporter, step=step)
             if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 saved = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
@@ -264,15 +287,30 @@ def train(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _rollouts(config: TrainConfig, run: _Run, examples_B: list[Example]) -> Batch:
+def _row_seeds(config: TrainConfig, run: _Run, step: int, first_row: int, n: int) -> tuple[int, ...] | None:
+    """Per-row sampling seeds of rows first_row .. first_row + n - 1 of the step's global batch (per_prompt
+    streams), or None (the batch's one stream)."""
+    if not run.per_row_streams:
+        return None
+    base = (config.seed * 1_000_003 + step) * 1_000_033
+    return tuple((base + first_row + i) % (1 << 63) for i in range(n))
+
+
+def _sampling(config: TrainConfig, seeds: tuple[int, ...] | None) -> SamplingParams:
+    return SamplingParams(config.max_new_tokens, config.temperature, config.top_p, seeds=seeds)
+
+
+def _rollouts(config: TrainConfig, run: _Run, examples_B: list[Example], seeds: tuple[int, ...] | None) -> Batch:
     """G completions per prompt from the student (examples_B is grouped: prompt i // G)."""
     prompt_ids = _encode(run, examples_B, config)
-    r = run.engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
+    r = run.engine.generate(prompt_ids, _sampling(config, seeds))
     texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     return Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B)
 
 
-def _sft_traces(config: TrainConfig, run: _Run, examples_P: list[Example]) -> tuple[Batch, dict[str, float]]:
+def _sft_traces(
+    config: TrainConfig, run: _Run, examples_P: list[Example], step: int, first_prompt: int
+) -> tuple[Batch, dict[str, float]]:
     """Offline-distillation rows: teacher samples (G per prompt, kept if the verifier accepts them, when
     sft_filter="correct") or the task's reference solutions (one per prompt; then a step reads B prompts)."""
     if config.sft_source == "reference":
@@ -280,7 +318,8 @@ def _sft_traces(config: TrainConfig, run: _Run, examples_P: list[Example]) -> tu
         return _pack(run, config, examples_P, completions), {"sft_kept_frac": 1.0}
     examples_B = [e for e in examples_P for _ in range(config.group_size)]
     prompt_ids = _encode(run, examples_B, config)
-    r = run.teacher_engine.generate(prompt_ids, SamplingParams(config.max_new_tokens, config.temperature, config.top_p))
+    seeds = _row_seeds(config, run, step, first_prompt * config.group_size, len(examples_B))
+    r = run.teacher_engine.generate(prompt_ids, _sampling(config, seeds))
     texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     keep = [
         i
@@ -304,7 +343,7 @@ def _update(
     step: int,
 ) -> dict[str, Any]:
     """mu epochs over the batch; one optimizer step per mini-batch; gradients accumulated over micro-batches."""
-    if batch.input_ids.shape[0] == 0:
+    if not run.world.distributed and batch.input_ids.shape[0] == 0:
         return {"skipped": False, "sft_empty_batch": 1.0}
     # the student is scored and samples in eval mode (no dropout); train mode only for the update, if asked
     run.student.train(config.train_dropout)
@@ -324,44 +363,72 @@ def _update_epochs(
     ref_logp: torch.Tensor | None,
     step: int,
 ) -> dict[str, Any]:
-    """`_update`'s loops, with the student already in the mode the update runs in."""
+    """`_update`'s loops, with the student already in the mode the update runs in.
+
+    Rows are numbered globally (rank 0's first); a mini-batch is a set of global rows and each rank works on
+    the ones it holds, micro-batch by micro-batch. A micro-batch's weight is its share of the whole mini-batch
+    (token and row counts summed over the ranks), and DDP's gradient average is undone by the world size, so
+    the update is the one a single process makes on the whole batch. Ranks with fewer micro-batches run
+    zero-weight ones, so that every rank makes the same collective calls.
+    """
+    world = run.world
     B = batch.input_ids.shape[0]
+    counts = [int(c) for c in world.gather(B)]
+    B_all, offset = sum(counts), sum(counts[: world.rank])
+    if B_all == 0:  # sft: every teacher sample of the step failed the filter on every rank
+        return {"skipped": False, "sft_empty_batch": 1.0}
     stats = _MetricAccumulator()
     skipped = False
     mask = batch.completion_mask
-    n_mini = max(1, B // config.resolved_mini_batch_size)
-    mini = B // n_mini
+    aggregation = _aggregation(config)
+    n_mini = max(1, B_all // config.resolved_mini_batch_size)
+    mini = B_all // n_mini
     micro = min(config.resolved_micro_batch_size, mini)
+    model = run.train_model
     for epoch in range(config.inner_epochs):
-        order = torch.randperm(B) if n_mini > 1 else torch.arange(B)  # (B,)
-        for mini_rows in order.split(mini):
+        order = _row_order(config, run, B_all, n_mini, step, epoch)  # (B_all,)
+        for mini_all in order.split(mini):
+            mine = mini_all[(mini_all >= offset) & (mini_all < offset + B)] - offset
+            mini_tokens = world.sum([float(mask[mine.to(mask.device)].sum())])[0]
+            chunks = list(mine.split(micro)) if len(mine) else []
+            n_micro = int(world.max([len(chunks)])[0])
             run.optimizer.zero_grad(set_to_none=True)
             finite = True
-            for rows in mini_rows.split(micro):
-                logp, entropy = completion_logprobs(
-                    run.student,
-                    batch.input_ids[rows],
-                    batch.attention_mask[rows],
-                    batch.T,
-                    temperature=config.temperature,
-                    with_entropy=epoch == 0,
-                )
-                loss, m = _method_loss(
-                    config,
-                    step,
-                    logp,
-                    mask[rows],
-                    advantages_B[rows] if advantages_B is not None else None,
-                    old_logp[rows] if old_logp is not None else logp.detach(),
-                    teacher_logp[rows] if teacher_logp is not None else None,
-                    ref_logp[rows] if ref_logp is not None else None,
-                )
-                weight = losses.microbatch_weight(mask[rows], mask[mini_rows], _aggregation(config))
-                finite &= bool(torch.isfinite(loss))
-                (loss * weight).backward()
+            for k in range(n_micro):
+                # DDP reduces gradients on the last backward of the mini-batch only
+                sync = nullcontext() if (k == n_micro - 1 or not world.distributed) else model.no_sync()
+                with sync:
+                    if k >= len(chunks):
+                        _zero_weight_pass(model, batch)
+                        continue
+                    rows = chunks[k]
+                    logp, entropy = completion_logprobs(
+                        model,
+                        batch.input_ids[rows],
+                        batch.attention_mask[rows],
+                        batch.T,
+                        temperature=config.temperature,
+                        with_entropy=epoch == 0,
+                    )
+                    loss, m = _method_loss(
+                        config,
+                        step,
+                        logp,
+                        mask[rows],
+                        advantages_B[rows] if advantages_B is not None else None,
+                        old_logp[rows] if old_logp is not None else logp.detach(),
+                        teacher_logp[rows] if teacher_logp is not None else None,
+                        ref_logp[rows] if ref_logp is not None else None,
+                    )
+                    weight = losses.share_weight(
+                        float(mask[rows].sum()), len(rows), mini_tokens, len(mini_all), aggregation
+                    )
+                    finite &= bool(torch.isfinite(loss))
+                    (loss * (weight * world.size)).backward()
                 if entropy is not None:
                     m["entropy"] = float((entropy * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
                 stats.add(m, weight)
+            finite = world.min([float(finite)])[0] > 0
             grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip or float("inf"))
             stats.add({"grad_norm": float(grad_norm)}, 1.0 / n_mini / config.inner_epochs)
             if not finite or not torch.isfinite(grad_norm):
@@ -371,7 +438,29 @@ def _update_epochs(
                 continue
             run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if world.distributed:
+        stats = _MetricAccumulator.merged(world.gather(stats))
     return {"skipped": skipped, **stats.result()}
+
+
+def _row_order(config: TrainConfig, run: _Run, n: int, n_mini: int, step: int, epoch: int) -> torch.Tensor:
+    """The order the update visits the step's rows in; mini-batches are consecutive slices of it. Drawn from
+    the global RNG on one process with batch streams (as always), else from a generator seeded by
+    (seed, step, epoch), the same on every rank."""
+    if n_mini == 1:
+        return torch.arange(n)
+    if not run.per_row_streams:
+        return torch.randperm(n)
+    g = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1_000_033 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _zero_weight_pass(model: torch.nn.Module, batch: Batch) -> None:
+    """A forward and backward that changes no gradient: a rank with fewer micro-batches than the others
+    (or none) still joins DDP's gradient reduction."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=batch.input_ids.device)
+    logp, _ = completion_logprobs(model, ids, torch.ones_like(ids), 1)
+    (logp.sum() * 0.0).backward()
 
 
 def _method_loss(
@@ -514,6 +603,9 @@ class _Run:
     consecutive_nonfinite: int = 0
     disk_reserve_bytes: int = 0  # train()'s arguments: free space a checkpoint leaves; how often a full disk is checked
     disk_poll_s: float = 10.0
+    world: World = field(default_factory=World)
+    train_model: Any = None  # what the update runs forward through: the student, or its DDP wrapper
+    per_row_streams: bool = False  # sampling_streams resolved: one random stream per rollout row
 
 
 def _resolve_device(name: str) -> str:
@@ -566,7 +658,11 @@ def _lr_lambda(config: TrainConfig):
 def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _resolve_device(config.device)
+    world, device = init_world(_resolve_device(config.device))
+    per_row_streams = config.sampling_streams == "per_prompt" or (
+        config.sampling_streams == "auto" and world.distributed
+    )
+    _check_world(config, world, per_row_streams)
     out_dir = config.resolved_output_dir
     ckpt_root = out_dir / "checkpoints"
     resume_path = (
@@ -619,7 +715,26 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         pool=pool,
         eval_examples=eval_examples,
         out_dir=out_dir,
+        world=world,
+        train_model=student,
+        per_row_streams=per_row_streams,
     )
+    if per_row_streams and isinstance(run.engine, HFEngine):
+        raise ConfigError(
+            [
+                (
+                    "engine",
+                    "per-row sampling streams (sampling_streams per_prompt, or a run on several processes) need "
+                    f"engine fast or vllm, and engine {config.engine!r} resolved to hf for this model; "
+                    "fix: use a Llama-family student with engine fast, or engine vllm",
+                )
+            ]
+        )
+    if world.distributed:
+        # after the optimizer and any resume: every rank loaded the same weights; DDP checks and broadcasts
+        run.train_model = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+        )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -630,6 +745,32 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     return run
+
+
+def _check_world(config: TrainConfig, world: World, per_row_streams: bool) -> None:
+    """What a run on several processes needs from its config (4xx-style errors naming the field)."""
+    if not world.distributed:
+        return
+    if config.prompts_per_step % world.size:
+        raise ConfigError(
+            [
+                (
+                    "batch_size",
+                    f"{config.prompts_per_step} prompts a step cannot be split over {world.size} processes "
+                    f"(whole prompts per process); fix: a batch_size of group_size x a multiple of {world.size}",
+                )
+            ]
+        )
+    if not per_row_streams:
+        raise ConfigError(
+            [
+                (
+                    "sampling_streams",
+                    "batch streams depend on how the batch is split; a run on several processes samples "
+                    "per_prompt; fix: use per_prompt or auto",
+                )
+            ]
+        )
 
 
 def _examples_for_step(pool: Sequence[Example], step: int, n: int, seed: int) -> list[Example]:
@@ -694,6 +835,19 @@ class _MetricAccumulator:
     def result(self) -> dict[str, float]:
         return {**{k: s / self.weights[k] for k, s in self.sums.items() if self.weights[k]}, **self.extremes}
 
+    @classmethod
+    def merged(cls, parts: Sequence[_MetricAccumulator]) -> _MetricAccumulator:
+        """One accumulator over every rank's micro-batches (their weights are shares of the global batch)."""
+        out = cls()
+        for part in parts:
+            for k, v in part.sums.items():
+                out.sums[k] = out.sums.get(k, 0.0) + v
+                out.weights[k] = out.weights.get(k, 0.0) + part.weights[k]
+            for k, v in part.extremes.items():
+                pick = min if k == "ratio_min" else max
+                out.extremes[k] = pick(out.extremes.get(k, v), v)
+        return out
+
 
 def _evaluate(config: TrainConfig, run: _Run, reporter: Reporter, *, step: int) -> dict[str, float]:
     res = evaluate(
@@ -739,6 +893,8 @@ def _checkpoint(
         "consecutive_nonfinite": consecutive_nonfinite,
     }
     root = run.out_dir / "checkpoints"
+    if not run.world.is_main:  # replicas hold the same weights and optimizer state: rank 0 writes them
+        return cast(Path | None, run.world.from_main(None))
     reporter.sync()  # the metrics up to `step` are durable before a resume could start after them
     path = _save_when_space(
         reporter,
@@ -754,13 +910,12 @@ def _checkpoint(
             reserve_bytes=run.disk_reserve_bytes,
         ),
     )
-    if path is None:
-        return None
-    if config.keep_checkpoints:
-        prune_checkpoints(root, config.keep_checkpoints)
-    reporter.checkpoint(step, path, metrics)
-    reporter.event("checkpoint_saved", step=step, path=str(path))
-    return path
+    if path is not None:
+        if config.keep_checkpoints:
+            prune_checkpoints(root, config.keep_checkpoints)
+        reporter.checkpoint(step, path, metrics)
+        reporter.event("checkpoint_saved", step=step, path=str(path))
+    return cast(Path | None, run.world.from_main(path))
 
 
 def _save_when_space(reporter: Reporter, step: int, poll_s: float, save: Callable[[], Path]) -> Path | None:

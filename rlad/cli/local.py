@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -23,23 +26,53 @@ def train(
         str | None, typer.Option(help="'auto' (latest checkpoint in the output dir) or a checkpoint directory")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="processes on this machine (torchrun; data-parallel, one per GPU on CUDA, gloo on CPU)",
+        ),
+    ] = 1,
 ) -> None:
     """Run a training job locally (same config as the REST API accepts)."""
     from rlad_core.config import ConfigError, load_config
+    from rlad_core.distributed import close_world, world_size_from_env
 
     try:
         config = load_config(config_path, parse_overrides(set_))
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if nproc > 1 and world_size_from_env() == 1:
+        raise typer.Exit(_torchrun(nproc, config_path, set_, resume=resume, quiet=quiet))
+    main = int(os.environ.get("RANK", "0")) == 0
     try:
-        result = _run(config, resume=resume, quiet=quiet)
+        result = _run(config, resume=resume, quiet=quiet, main=main)
     except (OSError, ValueError, RuntimeError) as exc:
         # model or dataset not found, tokenizer mismatch, bad checkpoint, non-finite run: say it plainly
         err.print(f"[red]training failed: {type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(1) from None
-    print_eval(result.eval_before, result.eval_after)
-    console.print(f"checkpoint: [bold]{result.checkpoint}[/bold]")
+    finally:
+        close_world()
+    if main:
+        print_eval(result.eval_before, result.eval_after)
+        console.print(f"checkpoint: [bold]{result.checkpoint}[/bold]")
+
+
+def _torchrun(nproc: int, config_path: Path, set_: list[str], *, resume: str | None, quiet: bool) -> int:
+    """This command again, under torchrun with `nproc` processes on this machine; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", "rlad.cli", "train", str(config_path), *(f"--set={s}" for s in set_)]
+    cmd += [f"--resume={resume}"] if resume else []
+    cmd += ["--quiet"] if quiet else []
+    # CPU threads shared out between the processes (torchrun would otherwise set 1 and warn)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    err.print(f"training on {nproc} processes (torchrun, {threads} CPU thread{'s' * (threads != '1')} each)")
+    try:
+        return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": threads})
+    except KeyboardInterrupt:  # torchrun passes the interrupt to its workers and they stop
+        return 130
 
 
 @app.command(rich_help_panel=PANEL)
@@ -70,10 +103,12 @@ def tiny_model(
     console.print(f"wrote {path} ({json.loads((path / 'tiny_model.json').read_text())['n_params']:,} parameters)")
 
 
-def _run(config, *, resume: str | None, quiet: bool):
-    from rlad_core.reporting import ConsoleReporter, JsonlReporter, MultiReporter
+def _run(config, *, resume: str | None, quiet: bool, main: bool = True):
+    from rlad_core.reporting import ConsoleReporter, JsonlReporter, MultiReporter, Reporter
     from rlad_core.trainer import train as run_training
 
+    if not main:  # the other ranks of a torchrun: rank 0 prints and writes the run's files
+        return run_training(config, reporter=Reporter(), resume_from=resume)
     out = config.resolved_output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_json_dict(), sort_keys=False))

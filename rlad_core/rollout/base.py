@@ -19,6 +19,9 @@ class SamplingParams:
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
+    # one random stream per row: row i draws from a generator seeded with seeds[i], so a row's sample does not
+    # depend on which rows share its batch (the same rollouts on 1 process or N); None: the global RNG
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -144,12 +147,20 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove, -math.inf)
 
 
-def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+def row_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per row for `SamplingParams.seeds`."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def sample_next_token(
+    logits: torch.Tensor, params: SamplingParams, generators: Sequence[torch.Generator] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row: logits (B, V) -> tokens (B,) long, their log-probs (B,) float32.
 
     Same processing order as HF generate: temperature (scores / T), then top-p, then a draw from the softmax with
     the same random numbers as `torch.multinomial`, so the global RNG is consumed as HF consumes it (one (B, V)
-    exponential draw per step). Greedy takes the first argmax and returns log_softmax(raw logits) at it.
+    exponential draw per step). With `generators` (one per row) row i draws its (V,) exponentials from its own
+    generator instead. Greedy takes the first argmax and returns log_softmax(raw logits) at it.
     """
     scores = logits.float()
     if params.greedy:
@@ -162,5 +173,9 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[tor
     probs = scores.softmax(dim=-1)  # (B, V)
     # torch.multinomial(probs, 1) is this exponential race (argmax of p / q, q ~ Exp(1)) on every device; written
     # out, it skips multinomial's input validation (a device sync) and draws exactly the same random numbers.
-    tokens = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)  # (B, 1)
+    if generators is None:
+        noise = torch.empty_like(probs).exponential_()  # (B, V)
+    else:
+        noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])  # (B, V)
+    tokens = (probs / noise).argmax(dim=-1, keepdim=True)  # (B, 1)
     return tokens.squeeze(1), probs.gather(1, tokens).squeeze(1).log()

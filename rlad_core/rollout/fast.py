@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlad_core.rollout.base import Rollouts, SamplingParams, eos_list, finish_rollouts, left_pad, sample_next_token
+from rlad_core.rollout.base import (
+    Rollouts,
+    SamplingParams,
+    eos_list,
+    finish_rollouts,
+    left_pad,
+    row_generators,
+    sample_next_token,
+)
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # RoPE variants whose inverse frequencies do not depend on the sequence length: the HF rotary module's
@@ -270,13 +278,16 @@ class FastEngine:
         tokens = torch.full((B, N), self.pad_id, dtype=torch.long, device=device)  # (B, N)
         logp = torch.zeros((B, N), dtype=torch.float32, device=device)  # (B, N)
         finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+        if params.seeds is not None and len(params.seeds) != B:
+            raise ValueError(f"{len(params.seeds)} sampling seeds for {B} prompts; give one seed per prompt row")
+        generators = row_generators(params.seeds, device) if params.seeds is not None else None
         T = N
         with torch.inference_mode():
             dec.begin(B, ids.shape[1] + N)
             try:
                 logits = dec.prefill(ids, mask)
                 for t in range(N):
-                    tok, lp = sample_next_token(logits, params)
+                    tok, lp = sample_next_token(logits, params, generators)
                     tokens[:, t], logp[:, t] = tok, lp
                     finished |= torch.isin(tok, eos)
                     if t == N - 1:

@@ -39,6 +39,11 @@ class HFEngine:
         return kwargs
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollouts:
+        if params.seeds is not None:
+            raise ValueError(
+                "engine 'hf' samples from the global random stream (model.generate); per-row streams "
+                "(sampling_streams: per_prompt, every run on more than one process) need engine 'fast' or 'vllm'"
+            )
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompt_ids, self.pad_id, device)
         was_training = self.model.training

@@ -57,15 +57,21 @@ class VLLMEngine:
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollouts:
         ids, mask = left_pad(prompt_ids, self.pad_id, torch.device("cpu"))
-        vp = self._vllm.SamplingParams(
-            n=1,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            logprobs=0,
-            stop_token_ids=self.eos_ids,
-            detokenize=False,
-        )
+
+        def vllm_params(seed: int | None) -> Any:
+            return self._vllm.SamplingParams(
+                n=1,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                logprobs=0,
+                stop_token_ids=self.eos_ids,
+                detokenize=False,
+                seed=seed,
+            )
+
+        # per-row streams: one request seed per row (vLLM's per-request generator)
+        vp = [vllm_params(s) for s in params.seeds] if params.seeds is not None else vllm_params(None)
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], vp, use_tqdm=False)
         comps = [o.outputs[0] for o in outs]
         lengths = torch.tensor([len(c.token_ids) for c in comps])  # (B,)

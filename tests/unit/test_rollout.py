@@ -238,6 +238,33 @@ def test_same_seed_same_rollouts_and_other_seed_differs(models):
     assert not torch.equal(runs[0].completion_ids, runs[2].completion_ids)
 
 
+def test_per_row_streams_do_not_depend_on_the_rows_beside_them(models):
+    """SamplingParams.seeds: a row's sample is a function of its seed, whichever rows share its batch and
+    whatever the global RNG holds (how a run on several processes gets the rollouts of one process)."""
+    fast = _engines(models["tiny-llama"])["fast"]
+    prompts = PROMPTS * 2
+    seeds = tuple(1000 + i for i in range(len(prompts)))
+
+    def run(rows: list[int], global_seed: int):
+        torch.manual_seed(global_seed)
+        params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seeds=tuple(seeds[i] for i in rows))
+        r = fast.generate([prompts[i] for i in rows], params)
+        return {i: r.completion_ids[k][r.completion_mask[k] > 0].tolist() for k, i in enumerate(rows)}
+
+    whole = run(list(range(len(prompts))), 0)
+    halves = {**run([0, 1, 2, 3, 4], 1), **run([5, 6, 7, 8, 9], 2)}
+    reordered = run([9, 3, 5, 0, 1, 2, 4, 6, 7, 8], 3)
+    assert whole == halves == reordered
+    assert len({tuple(v) for v in whole.values()}) > 1
+    other = SamplingParams(max_new_tokens=12, seeds=tuple(s + 1 for s in seeds))
+    assert fast.generate(prompts, other).completion_ids.tolist() != [whole[i] for i in range(len(prompts))]
+
+
+def test_hf_engine_refuses_per_row_streams(models):
+    with pytest.raises(ValueError, match="engine 'fast' or 'vllm'"):
+        _engines(models["tiny-llama"])["hf"].generate(PROMPTS, SamplingParams(max_new_tokens=4, seeds=(1,) * 5))
+
+
 def test_fast_and_hf_draw_the_same_samples_from_the_same_seed(models):
     """Same RNG use (one multinomial over the batch per step) and equal logits: the same tokens, in practice."""
     engines = _engines(models["tiny-llama"])

@@ -1,0 +1,108 @@
+"""Data parallelism over the processes torchrun starts: which rank owns which prompts, and the few collectives
+the trainer needs (PyTorch's own `torch.distributed`: gloo on CPU, NCCL on CUDA).
+
+A run is one process (`World()`, every collective a no-op) unless torchrun set `WORLD_SIZE` > 1 in the
+environment. Prompts are split in contiguous blocks, whole prompts per rank, so a prompt's group of G samples
+never straddles ranks and group advantages stay exact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes (rank 0 reports, evaluates and saves)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    comm_device: str = "cpu"  # where collective buffers live: the rank's CUDA device under NCCL
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def block(self, n: int) -> range:
+        """The contiguous block of `n` items this rank owns (`n` divisible by the world size)."""
+        if n % self.size:
+            raise ValueError(f"{n} items cannot be split evenly over {self.size} processes")
+        per = n // self.size
+        return range(self.rank * per, (self.rank + 1) * per)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def min(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.MIN)
+
+    def _reduce(self, values: list[float], op: Any) -> list[float]:
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (small Python objects: metrics, rewards)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (a stop request, a checkpoint path)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_world(device: str, *, timeout_s: float = 1800.0) -> tuple[World, str]:
+    """Join the process group torchrun describes in the environment (if it describes one), and return this
+    process's `World` and the device it trains on: under NCCL each rank takes `cuda:<LOCAL_RANK>`."""
+    size = world_size_from_env()
+    if size <= 1:
+        return World(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if on_cuda else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            **({"device_id": torch.device(device)} if on_cuda else {}),
+        )
+    return World(rank=rank, size=size, local_rank=local_rank, comm_device=device if on_cuda else "cpu"), device
+
+
+def close_world() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
