@@ -132,8 +132,10 @@ def save_checkpoint(
     trainer_state: Mapping[str, Any],
     metrics: Mapping[str, float] | None = None,
     reserve_bytes: int = 0,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced.
+    `state_dict`: the model's weights when `model` does not hold them whole (gathered from FSDP shards).
 
     Raises `DiskFull` without writing anything when the file system of `root` has less free space than the
     estimated checkpoint (`estimate_checkpoint_bytes`) plus `reserve_bytes`, and also when the write itself
@@ -154,7 +156,7 @@ def save_checkpoint(
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=dict(state_dict) if state_dict else None)
         tokenizer.save_pretrained(tmp)
         # through a Python file: a full disk then shows as ENOSPC or as the zip writer's "unexpected pos"
         # (seen on tmpfs, torch 2.13); torch's own file writer may say only "basic_ios::clear: iostream error"

@@ -30,6 +30,8 @@ TeacherClampGrad = Literal["stop", "straight-through"]
 StdKind = Literal["population", "unbiased"]
 AdvantageScale = Literal["group", "none"]
 SamplingStreams = Literal["auto", "batch", "per_prompt"]
+Strategy = Literal["ddp", "fsdp"]
+TeacherSharding = Literal["replicate", "shard"]
 METHODS: tuple[str, ...] = get_args(Method)
 TEACHER_METHODS: tuple[str, ...] = ("rlad", "kdrl", "opd")  # sft needs one only with sft_source="teacher"
 
@@ -266,6 +268,22 @@ class TrainConfig(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation")
     output_dir: Text | None = Field(
         default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)"
+    )
+    strategy: Strategy = Field(
+        default="ddp",
+        description=(
+            "(ours) data parallelism over processes (rlad train --nproc, a job's resources): ddp = a full "
+            "replica of the student per process; fsdp = FSDP2, parameters, gradients and optimizer state "
+            "sharded per decoder layer (whole weights only while sampling, evaluating and saving)"
+        ),
+    )
+    teacher_sharding: TeacherSharding = Field(
+        default="replicate",
+        description=(
+            "(ours) with strategy fsdp: replicate = a full teacher (and reference) per process, in inference "
+            "mode, scored without communication; shard = sharded like the student, gathered layer by layer "
+            "while scoring (less memory, more communication)"
+        ),
     )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
         default="float32", description="model weights and compute dtype (float64: for exactness checks)"

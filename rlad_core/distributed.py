@@ -9,6 +9,8 @@ never straddles ranks and group advantages stay exact.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -77,6 +79,97 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+# ----- FSDP2 (`strategy: fsdp`): parameters, gradients and optimizer state sharded over the ranks ------------
+
+
+def shard_model(model: torch.nn.Module, *, reshard_after_forward: bool = True) -> torch.nn.Module:
+    """`fully_shard` each decoder layer, then the rest (embeddings, final norm, head) at the root: a layer's
+    full weights exist only while it runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(
+            f"{type(model).__name__} has no model.layers to shard per decoder layer; fix: use strategy ddp"
+        )
+    for layer in layers:
+        fully_shard(layer, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def full_weights(model: torch.nn.Module | None) -> Iterator[None]:
+    """Inside: every parameter of a sharded model is whole on every rank (all-gathered; a collective, so every
+    rank enters together), as a rollout engine that reads the weights needs them. Nothing to do otherwise."""
+    modules = _fsdp_modules(model) if model is not None else []
+    for m in modules:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+
+
+def no_grad_sync(model: Any) -> Any:
+    """Accumulate gradients locally (the next backward outside this context reduces them): DDP's `no_sync`,
+    FSDP2's `set_requires_gradient_sync(False)`."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    modules = _fsdp_modules(model)
+    return _fsdp_no_sync(modules) if modules else nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(modules: list[Any]) -> Iterator[None]:
+    for m in modules:
+        m.set_requires_gradient_sync(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.set_requires_gradient_sync(True, recurse=False)
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (a grad norm under FSDP), any other tensor as it is."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
+def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Model and optimizer state, whole, on rank 0's CPU (empty elsewhere): every rank calls it together.
+    The optimizer state is keyed by parameter name, so any world size can load it (`load_full_optimizer`)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    # tied weights (an output head sharing the embedding) come back as separate copies: keep the first name,
+    # as save_pretrained does for a model that holds them
+    kept = {name for name, _ in model.named_parameters()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - kept
+    weights = {k: v for k, v in weights.items() if k not in aliases}
+    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The optimizer state `full_state_dicts` wrote, onto this run's (sharded or not) parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def world_size_from_env() -> int:

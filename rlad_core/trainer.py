@@ -42,7 +42,16 @@ from rlad_core.checkpoint import (
     set_rng_state,
 )
 from rlad_core.config import TEACHER_METHODS, ConfigError, TrainConfig
-from rlad_core.distributed import World, init_world
+from rlad_core.distributed import (
+    World,
+    full_state_dicts,
+    full_weights,
+    init_world,
+    load_full_optimizer,
+    local_value,
+    no_grad_sync,
+    shard_model,
+)
 from rlad_core.evaluate import evaluate
 from rlad_core.models import (
     check_tokenizers_compatible,
@@ -135,8 +144,10 @@ def train(
         method=config.method,
         checkpoint=str(run.resumed_from) if run.resumed_from else None,
     )
-    if config.eval_every and run.start_step == 0 and world.is_main:
-        result.eval_before = _evaluate(config, run, reporter, step=0)
+    if config.eval_every and run.start_step == 0:
+        with full_weights(run.student if run.sharded else None):
+            if world.is_main:
+                result.eval_before = _evaluate(config, run, reporter, step=0)
 
     consecutive_nonfinite = run.consecutive_nonfinite
     last_saved = run.start_step if run.resumed_from else -1
@@ -257,8 +268,10 @@ def train(
                 )
 
             # ===== 6. evaluate and checkpoint ==============================================================
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps) and world.is_main:
-                result.eval_after = _evaluate(config, run, reporter, step=step)
+            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                with full_weights(run.student if run.sharded else None):  # every rank gathers; rank 0 evaluates
+                    if world.is_main:
+                        result.eval_after = _evaluate(config, run, reporter, step=step)
             if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 saved = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
                 if saved is None:  # stopped while the disk was full: the run ends at the last checkpoint
@@ -303,7 +316,8 @@ def _sampling(config: TrainConfig, seeds: tuple[int, ...] | None) -> SamplingPar
 def _rollouts(config: TrainConfig, run: _Run, examples_B: list[Example], seeds: tuple[int, ...] | None) -> Batch:
     """G completions per prompt from the student (examples_B is grouped: prompt i // G)."""
     prompt_ids = _encode(run, examples_B, config)
-    r = run.engine.generate(prompt_ids, _sampling(config, seeds))
+    with full_weights(run.student if run.sharded else None):
+        r = run.engine.generate(prompt_ids, _sampling(config, seeds))
     texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     return Batch(r.input_ids, r.attention_mask, r.completion_mask, texts, examples_B)
 
@@ -319,7 +333,9 @@ def _sft_traces(
     examples_B = [e for e in examples_P for _ in range(config.group_size)]
     prompt_ids = _encode(run, examples_B, config)
     seeds = _row_seeds(config, run, step, first_prompt * config.group_size, len(examples_B))
-    r = run.teacher_engine.generate(prompt_ids, _sampling(config, seeds))
+    teacher_sharded = run.sharded and config.teacher_sharding == "shard"
+    with full_weights(run.teacher if teacher_sharded else None):
+        r = run.teacher_engine.generate(prompt_ids, _sampling(config, seeds))
     texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask)
     keep = [
         i
@@ -396,7 +412,7 @@ def _update_epochs(
             finite = True
             for k in range(n_micro):
                 # DDP reduces gradients on the last backward of the mini-batch only
-                sync = nullcontext() if (k == n_micro - 1 or not world.distributed) else model.no_sync()
+                sync = nullcontext() if (k == n_micro - 1 or not world.distributed) else no_grad_sync(model)
                 with sync:
                     if k >= len(chunks):
                         _zero_weight_pass(model, batch)
@@ -429,7 +445,7 @@ def _update_epochs(
                     m["entropy"] = float((entropy * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
                 stats.add(m, weight)
             finite = world.min([float(finite)])[0] > 0
-            grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip or float("inf"))
+            grad_norm = local_value(torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip or float("inf")))
             stats.add({"grad_norm": float(grad_norm)}, 1.0 / n_mini / config.inner_epochs)
             if not finite or not torch.isfinite(grad_norm):
                 # skip the optimizer step: a NaN/inf would poison the weights and AdamW's moments
@@ -605,6 +621,7 @@ class _Run:
     disk_poll_s: float = 10.0
     world: World = field(default_factory=World)
     train_model: Any = None  # what the update runs forward through: the student, or its DDP wrapper
+    sharded: bool = False  # strategy fsdp on several processes: the student's parameters are FSDP2 shards
     per_row_streams: bool = False  # sampling_streams resolved: one random stream per rollout row
 
 
@@ -685,13 +702,19 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             .requires_grad_(False)
         )
 
+    sharded = world.distributed and config.strategy == "fsdp"
+    if sharded:  # before the optimizer is built: it holds the shards
+        shard_model(student)
+        for frozen in (teacher, reference) if config.teacher_sharding == "shard" else ():
+            if frozen is not None:
+                shard_model(frozen)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
         lr=config.lr,
         betas=config.adam_betas,
         weight_decay=config.weight_decay,
-        fused=device.startswith("cuda") or device == "cpu",
+        fused=not sharded and (device.startswith("cuda") or device == "cpu"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     pool = task.examples(
@@ -718,6 +741,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         world=world,
         train_model=student,
         per_row_streams=per_row_streams,
+        sharded=sharded,
     )
     if per_row_streams and isinstance(run.engine, HFEngine):
         raise ConfigError(
@@ -730,13 +754,16 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
                 )
             ]
         )
-    if world.distributed:
-        # after the optimizer and any resume: every rank loaded the same weights; DDP checks and broadcasts
+    if world.distributed and not sharded:
+        # every rank loaded the same weights; DDP checks and broadcasts them
         run.train_model = torch.nn.parallel.DistributedDataParallel(
             student, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
         )
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_format") == "by_name":  # written whole by a sharded run: any world size loads it
+            load_full_optimizer(student, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         run.start_step, run.resumed_from = state["step"], resume_path
@@ -881,11 +908,14 @@ def _checkpoint(
     skipped: int,
     consecutive_nonfinite: int,
 ) -> Path | None:
-    """Save, prune and report the checkpoint of `step`; None if a stop came while it waited for disk space."""
+    """Save, prune and report the checkpoint of `step`; None if a stop came while it waited for disk space.
+    Rank 0 writes it: DDP replicas are identical; FSDP shards are gathered to rank 0's CPU first."""
+    model_state, optimizer_state = full_state_dicts(run.student, run.optimizer) if run.sharded else (None, None)
     state = {
         "step": step,
         "data_position": step * config.prompts_per_step,
-        "optimizer": run.optimizer.state_dict(),
+        "optimizer": optimizer_state if run.sharded else run.optimizer.state_dict(),
+        "optimizer_format": "by_name" if run.sharded else "by_index",
         "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(),
         "config": config.to_json_dict(),
@@ -908,6 +938,7 @@ def _checkpoint(
             trainer_state=state,
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             reserve_bytes=run.disk_reserve_bytes,
+            state_dict=model_state,
         ),
     )
     if path is not None:

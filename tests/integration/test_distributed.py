@@ -1,6 +1,6 @@
-"""One job on several processes: `rlad train --nproc 2` (torchrun, a real gloo process group, DDP) against the
-same config on one process. With per-prompt sampling streams both see the same rollouts, so the metrics and
-the updated weights must agree."""
+"""One job on several processes: `rlad train --nproc 2` (torchrun, a real gloo process group; DDP and FSDP2)
+against the same config on one process. With per-prompt sampling streams both see the same rollouts, so the
+metrics and the updated weights must agree, and a checkpoint resumes on another number of processes."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ TIMING = ("time/", "tokens_per_s", "time")
 PER_MICRO = ("clip_frac_low", "clip_frac_high", "ratio_mean", "teacher_gap", "entropy", "kl_ref")
 
 
-def _train(tmp_path: Path, name: str, spec: dict, nproc: int) -> Path:
+def _train(tmp_path: Path, name: str, spec: dict, nproc: int, resume: Path | None = None) -> Path:
     out = tmp_path / name
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({**spec, "output_dir": str(out)}))
     done = subprocess.run(
-        [sys.executable, "-m", "rlad.cli", "train", str(cfg), "--quiet", f"--nproc={nproc}"],
+        [sys.executable, "-m", "rlad.cli", "train", str(cfg), "--quiet", f"--nproc={nproc}"]
+        + ([f"--resume={resume}"] if resume else []),
         capture_output=True,
         text=True,
         timeout=300,
@@ -70,12 +71,15 @@ def _spec(warm_dirs, method: str, **extra) -> dict:
         ("grpo", {"micro_batch_size": 8}),  # one mini-batch; 1 process: micro-batches = the ranks' halves
         ("rlad", {"micro_batch_size": 8}),
         ("rlad", {"mini_batch_size": 8, "micro_batch_size": 4, "inner_epochs": 2}),  # shuffled mini-batches
+        ("grpo", {"micro_batch_size": 8, "strategy": "fsdp"}),
+        ("rlad", {"micro_batch_size": 8, "strategy": "fsdp", "teacher_sharding": "shard"}),
+        ("rlad", {"mini_batch_size": 8, "micro_batch_size": 4, "inner_epochs": 2, "strategy": "fsdp"}),
     ],
-    ids=["grpo", "rlad", "rlad-minibatches"],
+    ids=["ddp-grpo", "ddp-rlad", "ddp-rlad-minibatches", "fsdp-grpo", "fsdp-rlad-sharded-teacher", "fsdp-rlad-mb"],
 )
 def test_two_processes_match_one_process(tmp_path, warm_dirs, method, layout):
     spec = _spec(warm_dirs, method, **layout)
-    one = _train(tmp_path, "one", spec, nproc=1)
+    one = _train(tmp_path, "one", {**spec, "strategy": "ddp"}, nproc=1)
     two = _train(tmp_path, "two", spec, nproc=2)
 
     m1, m2 = _metrics(one), _metrics(two)
@@ -98,6 +102,25 @@ def test_two_processes_match_one_process(tmp_path, warm_dirs, method, layout):
         assert float((w1[k] - w2[k]).abs().max()) <= 1e-9, k
     # one writer: rank 0's files only
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path, warm_dirs):
+    """1 process -> 2 (DDP), and 2 (FSDP, optimizer state gathered by name) -> 1: steps 3 and 4 after the
+    resume are those of the uninterrupted run."""
+    spec = _spec(warm_dirs, "rlad", micro_batch_size=8, steps=4, checkpoint_every=2)
+    whole = _metrics(_train(tmp_path, "whole", spec, nproc=1))
+    sharded = _train(tmp_path, "sharded", {**spec, "strategy": "fsdp"}, nproc=2)
+    runs = {
+        "1->2 ddp": _train(tmp_path, "ddp2", spec, nproc=2, resume=tmp_path / "whole" / "checkpoints" / "step-2"),
+        "2 fsdp->1": _train(tmp_path, "one", spec, nproc=1, resume=sharded / "checkpoints" / "step-2"),
+    }
+    for name, out in runs.items():
+        resumed = _metrics(out)
+        assert [r["step"] for r in resumed] == [3, 4], name
+        for a, b in zip(whole[2:], resumed, strict=True):
+            for k in a:
+                if not k.startswith(TIMING):
+                    assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12), (name, a["step"], k)
 
 
 def test_a_config_several_processes_cannot_split_is_refused_naming_the_field(warm_dirs):
