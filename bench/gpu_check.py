@@ -3,7 +3,10 @@
 1. evaluation leaves the CUDA random stream of training unchanged (it reseeds the generators it samples with);
 2. a device the machine lacks is a config error before anything loads;
 3. a short run of every method (grpo, rlad, kdrl, opd, sft) with tiny models on `cuda` in float32, and rlad in
-   bfloat16: finite loss, a checkpoint that verifies against its manifest, seconds per step.
+   bfloat16 and with per-prompt sampling streams: finite loss, a checkpoint that verifies against its manifest,
+   seconds per step;
+4. per-row sampling streams on CUDA: a row's sample does not depend on the rows beside it (how a run on
+   several GPUs gets the rollouts of one).
 
     python bench/gpu_check.py [--out results.json]
 """
@@ -25,7 +28,7 @@ from rlad_core.config import ConfigError, parse_config
 from rlad_core.evaluate import evaluate
 from rlad_core.models import load_model, load_tokenizer, save_tiny_model
 from rlad_core.reporting import Reporter
-from rlad_core.rollout import make_engine
+from rlad_core.rollout import SamplingParams, make_engine
 from rlad_core.tasks import get_task
 from rlad_core.trainer import _resolve_device, train
 
@@ -59,7 +62,23 @@ def missing_device_is_refused() -> dict:
     return {"ok": False}
 
 
-def short_run(models: dict[str, Path], method: str, dtype: str, out: Path) -> dict:
+def per_row_streams_split_invariant(models: dict[str, Path]) -> dict:
+    model = load_model(str(models["student"]), device="cuda").eval()
+    tok = load_tokenizer(str(models["student"]))
+    engine = make_engine("fast", model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    prompts = [tok(f"{a}+{a * 3}=")["input_ids"] for a in range(1, 9)]
+    seeds = tuple(100 + i for i in range(len(prompts)))
+
+    def sample(rows: list[int]) -> dict[int, list[int]]:
+        params = SamplingParams(16, 1.0, 1.0, seeds=tuple(seeds[i] for i in rows))
+        r = engine.generate([prompts[i] for i in rows], params)
+        return {i: r.completion_ids[k][r.completion_mask[k] > 0].tolist() for k, i in enumerate(rows)}
+
+    whole, halves = sample(list(range(8))), {**sample([0, 1, 2, 3]), **sample([4, 5, 6, 7])}
+    return {"ok": whole == halves}
+
+
+def short_run(models: dict[str, Path], method: str, dtype: str, out: Path, **extra: object) -> dict:
     spec = {
         "method": method,
         "student": str(models["student"]),
@@ -77,6 +96,7 @@ def short_run(models: dict[str, Path], method: str, dtype: str, out: Path) -> di
         "dtype": dtype,
         "output_dir": str(out / f"{method}-{dtype}"),
         "sft_filter": "none",  # the untrained teacher answers nothing right: sft keeps all its traces, not none
+        **extra,
     }
     reporter = _Last()
     t = time.perf_counter()
@@ -110,6 +130,10 @@ def main() -> int:
         results["missing_device_is_refused"] = missing_device_is_refused()
         for method, dtype in [(m, "float32") for m in ("grpo", "rlad", "kdrl", "opd", "sft")] + [("rlad", "bfloat16")]:
             results[f"{method}_{dtype}"] = short_run(models, method, dtype, root)
+        results["rlad_float32_per_prompt_streams"] = short_run(
+            models, "rlad", "float32", root / "streams", sampling_streams="per_prompt", engine="fast"
+        )
+        results["per_row_streams_split_invariant"] = per_row_streams_split_invariant(models)
     ok = all(v.get("ok") for v in results.values() if isinstance(v, dict))
     results["ok"] = ok
     text = json.dumps(results, indent=1, default=str)
