@@ -196,6 +196,13 @@ def init_world(device: str, *, timeout_s: float = 1800.0) -> tuple[World, str]:
     return World(rank=rank, size=size, local_rank=local_rank, comm_device=device if on_cuda else "cpu"), device
 
 
-def close_world() -> None:
+def close_world(*, together: bool = True) -> None:
+    """Leave the process group. `together` (a run that ended normally on every rank): wait for the others
+    first, as a rank tearing gloo down while another still talks to it can abort ("terminate called without
+    an active exception"). After a failure, leave at once: the others may never arrive."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if together:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

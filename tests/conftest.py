@@ -17,6 +17,25 @@ from rlad_core.models import save_tiny_model
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def warm_spec(warm_dirs: dict[str, Path], **overrides: object) -> dict:
+    """A short rlad job on the warm arithmetic models (the trainer's and the distributed tests' base)."""
+    return {
+        "method": "rlad",
+        "student": str(warm_dirs["student"]),
+        "teacher": str(warm_dirs["teacher"]),
+        "task": {"name": "arithmetic", "levels": [1]},
+        "steps": 3,
+        "batch_size": 16,
+        "group_size": 4,
+        "max_new_tokens": 16,
+        "lr": 1e-2,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "seed": 0,
+        **overrides,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Random-init tiny student and teacher ("mini", ~0.4M parameters) with the same character-level tokenizer."""

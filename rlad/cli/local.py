@@ -51,10 +51,10 @@ def train(
         result = _run(config, resume=resume, quiet=quiet, main=main)
     except (OSError, ValueError, RuntimeError) as exc:
         # model or dataset not found, tokenizer mismatch, bad checkpoint, non-finite run: say it plainly
+        close_world(together=False)
         err.print(f"[red]training failed: {type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(1) from None
-    finally:
-        close_world()
+    close_world()
     if main:
         print_eval(result.eval_before, result.eval_after)
         console.print(f"checkpoint: [bold]{result.checkpoint}[/bold]")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from rlad_core.config import ConfigError, parse_config
 from rlad_core.distributed import World
 from rlad_core.trainer import _check_world
+from tests.conftest import warm_spec
 
 # the step's own clock, not the run's numbers
 TIMING = ("time/", "tokens_per_s", "time")
@@ -44,25 +45,16 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def _spec(warm_dirs, method: str, **extra) -> dict:
-    return {
-        "method": method,
-        "student": str(warm_dirs["student"]),
-        "teacher": str(warm_dirs["teacher"]),
-        "task": {"name": "arithmetic", "levels": [1]},
-        "steps": 3,
-        "batch_size": 16,
-        "group_size": 4,
-        "max_new_tokens": 12,
-        "lr": 1e-2,
-        "eval_every": 0,
-        "checkpoint_every": 0,
-        "sampling_streams": "per_prompt",
-        "engine": "fast",
-        "threads": 1,
-        "dtype": "float64",  # float32 rounding, amplified by AdamW's first steps, would hide a real mismatch
-        "seed": 0,
+    return warm_spec(
+        warm_dirs,
+        method=method,
+        max_new_tokens=12,
+        sampling_streams="per_prompt",
+        engine="fast",
+        threads=1,
+        dtype="float64",  # float32 rounding, amplified by AdamW's first steps, would hide a real mismatch
         **extra,
-    }
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,28 +13,13 @@ from rlad_core.checkpoint import list_checkpoints, verify_checkpoint
 from rlad_core.config import parse_config
 from rlad_core.reporting import MemoryReporter
 from rlad_core.trainer import NonFiniteError, train
+from tests.conftest import warm_spec
 
 TIMING_KEYS = ("time/", "tokens_per_s")
 
 
 def config(tmp_path, warm_dirs, **overrides):
-    fields = {
-        "method": "rlad",
-        "student": str(warm_dirs["student"]),
-        "teacher": str(warm_dirs["teacher"]),
-        "task": {"name": "arithmetic", "levels": [1]},
-        "steps": 3,
-        "batch_size": 16,
-        "group_size": 4,
-        "max_new_tokens": 16,
-        "lr": 1e-2,
-        "eval_every": 0,
-        "checkpoint_every": 0,
-        "seed": 0,
-        "output_dir": str(tmp_path / "run"),
-        "log_samples": 2,
-    }
-    return parse_config({**fields, **overrides})
+    return parse_config(warm_spec(warm_dirs, **{"output_dir": str(tmp_path / "run"), "log_samples": 2, **overrides}))
 
 
 def weights(path) -> dict[str, torch.Tensor]:
