@@ -359,8 +359,6 @@ def _update(
     step: int,
 ) -> dict[str, Any]:
     """mu epochs over the batch; one optimizer step per mini-batch; gradients accumulated over micro-batches."""
-    if not run.world.distributed and batch.input_ids.shape[0] == 0:
-        return {"skipped": False, "sft_empty_batch": 1.0}
     # the student is scored and samples in eval mode (no dropout); train mode only for the update, if asked
     run.student.train(config.train_dropout)
     try:
