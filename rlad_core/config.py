@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,6 +51,20 @@ def _printable(v: str) -> str:
 
 Text = Annotated[str, AfterValidator(_printable)]
 MAX_STEPS = 10_000_000  # (ours) a bound that every store's step columns hold
+
+
+class Resources(_Strict):
+    """(ours) Where a job runs: `nodes` machines x `gpus_per_node` processes, one per GPU on CUDA (gloo
+    processes on CPU). One process by default; more run the trainer under torchrun (data parallel)."""
+
+    nodes: int = Field(default=1, ge=1, le=64, description="machines the job runs on (gang-scheduled workers)")
+    gpus_per_node: int = Field(
+        default=1, ge=1, le=64, description="trainer processes per machine: one per GPU (gloo processes on CPU)"
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +284,13 @@ class TrainConfig(_Strict):
     output_dir: Text | None = Field(
         default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)"
     )
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=(
+            "(ours) nodes x gpus_per_node trainer processes (torchrun); `rlad train --nproc` overrides "
+            "gpus_per_node on one machine"
+        ),
+    )
     strategy: Strategy = Field(
         default="ddp",
         description=(
@@ -307,6 +329,28 @@ class TrainConfig(_Strict):
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v):
             raise ValueError(f"{v!r} is not a device; fix: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: Resources, info: ValidationInfo) -> Resources:
+        """A run on several processes splits whole prompts over them and samples per prompt."""
+        n, d = v.world_size, info.data
+        if n == 1 or not {"batch_size", "group_size", "method", "sft_source", "sampling_streams"} <= d.keys():
+            return v  # one process, or an earlier field already failed (its own error says so)
+        prompts = d["batch_size"] if d["method"] == "sft" and d["sft_source"] == "reference" else None
+        prompts = prompts or d["batch_size"] // d["group_size"]
+        if prompts % n:
+            raise ValueError(
+                f"{prompts} prompts a step cannot be split over {n} processes ({v.nodes} node(s) x "
+                f"{v.gpus_per_node}; whole prompts per process); fix: a batch_size of group_size x a multiple "
+                f"of {n}, or fewer processes"
+            )
+        if d["sampling_streams"] == "batch":
+            raise ValueError(
+                f"a run on {n} processes samples per prompt (batch streams depend on how the batch is split); "
+                "fix: set sampling_streams to per_prompt or auto"
+            )
         return v
 
     @field_validator("alpha")

@@ -27,13 +27,14 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     nproc: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             max=1024,
-            help="processes on this machine (torchrun; data-parallel, one per GPU on CUDA, gloo on CPU)",
+            help="processes on this machine (torchrun; data-parallel, one per GPU on CUDA, gloo on CPU); "
+            "default: the config's resources.gpus_per_node",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Run a training job locally (same config as the REST API accepts)."""
     from rlad_core.config import ConfigError, load_config
@@ -44,6 +45,14 @@ def train(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if world_size_from_env() == 1 and config.resources.nodes > 1:
+        err.print(
+            f"[red]resources.nodes is {config.resources.nodes}: a job on several machines runs through the service "
+            "(rlad submit; its workers launch torchrun on each node); fix: set resources.nodes to 1 to train "
+            "here[/red]"
+        )
+        raise typer.Exit(2)
+    nproc = nproc or config.resources.gpus_per_node
     if nproc > 1 and world_size_from_env() == 1:
         raise typer.Exit(_torchrun(nproc, config_path, set_, resume=resume, quiet=quiet))
     main = int(os.environ.get("RANK", "0")) == 0
