@@ -36,5 +36,8 @@ def _sender() -> Celery:
     return app
 
 
-def dispatch_job(job_id: str, queue: str) -> None:
-    _sender().send_task(RUN_JOB, args=[job_id], queue=queue)
+def dispatch_job(job_id: str, queue: str, copies: int = 1) -> None:
+    """Send the job's id to `queue`, once per node it needs (a job on several nodes is claimed by as many
+    workers: `store.gangs`)."""
+    for _ in range(copies):
+        _sender().send_task(RUN_JOB, args=[job_id], queue=queue)

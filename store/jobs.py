@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlad_core.config import ConfigError, parse_config
-from store import refs, states
+from store import gangs, refs, states
 from store import workers as worker_store
 from store.errors import IdempotencyConflict, InvalidSpec, NotFound, QuotaExceeded
 from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
@@ -55,25 +55,62 @@ def resolve_spec(session: Session, *, team_id: str, spec: dict[str, Any]) -> dic
     return resolved
 
 
-def check_devices(session: Session, *, device: str, queue: str, timeout_s: float) -> None:
-    """Refuse a CUDA device that no live worker of `queue` has, where the service can know: workers advertise
-    their device counts (`store.workers`); with none live, the trainer checks the device when it starts."""
-    if not device.startswith("cuda"):
-        return
-    counts = worker_store.queue_devices(session, queue=queue, timeout_s=timeout_s)
-    need = int(device.partition(":")[2] or 0) + 1
-    if counts and max(counts) < need:
-        most = max(counts)
-        fix = f"use cuda:0..cuda:{most - 1} or auto" if most else "use cpu or auto"
+def place_job(session: Session, *, resolved: dict[str, Any], queues: list[str], timeout_s: float) -> str:
+    """The queue a job goes to: the first of `queues` whose live workers can serve its device and resources
+    (`nodes` workers, each with `gpus_per_node` CUDA devices on CUDA). Workers advertise their devices
+    (`store.workers`); a queue with no live worker cannot be judged, so the first queue takes the job when
+    none of them is known to serve it, and the trainer checks the device when it starts. When live workers
+    show that no queue can ever serve the job: `InvalidSpec` naming the field and the fix."""
+    nodes, per_node = gangs.job_resources(resolved)
+    device = resolved["device"]
+    need = per_node if per_node > 1 or not device.startswith("cuda") else int(device.partition(":")[2] or 0) + 1
+
+    def fits(devices: int) -> bool:
+        if device.startswith("cuda"):
+            return devices >= need
+        return device != "auto" or devices == 0 or devices >= per_node  # auto takes the GPUs a worker has
+
+    live = {q: worker_store.queue_devices(session, queue=q, timeout_s=timeout_s) for q in queues}
+    for q in queues:
+        if sum(fits(d) for d in live[q]) >= nodes:
+            return q
+    if not live[queues[0]]:
+        return queues[0]
+    counts = [d for q in queues for d in live[q]]
+    most_workers = max(len(live[q]) for q in queues)
+    if most_workers < nodes:
         raise InvalidSpec(
             [
                 (
-                    "device",
-                    f"{device!r}: the live workers of queue {queue!r} have at most {most} CUDA "
-                    f"device{'s' * (most != 1)}; fix: {fix}",
+                    "resources.nodes",
+                    f"{nodes} nodes: the queues {', '.join(queues)} have at most {most_workers} live worker"
+                    f"{'s' * (most_workers != 1)}, one per node; fix: ask for at most {most_workers} "
+                    f"node{'s' * (most_workers != 1)}, or start more workers",
                 )
             ]
         )
+    most = max(counts)
+    if per_node > 1 or not device.startswith("cuda"):
+        fix = f"ask for at most {most} per node" if most else "use device cpu"
+        raise InvalidSpec(
+            [
+                (
+                    "resources.gpus_per_node",
+                    f"{per_node} GPUs per node on {nodes} node(s): the live workers have at most {most} CUDA "
+                    f"device{'s' * (most != 1)} each; fix: {fix}",
+                )
+            ]
+        )
+    fix = f"use cuda:0..cuda:{most - 1} or auto" if most else "use cpu or auto"
+    raise InvalidSpec(
+        [
+            (
+                "device",
+                f"{device!r}: the live workers of queue {queues[0]!r} have at most {most} CUDA "
+                f"device{'s' * (most != 1)}; fix: {fix}",
+            )
+        ]
+    )
 
 
 def count_active_jobs(session: Session, *, team_id: str) -> int:
@@ -90,7 +127,7 @@ def submit_job(
     team_id: str,
     spec: dict[str, Any],
     idempotency_key: str | None = None,
-    queue: str = "gpu",
+    queue: str | list[str] = "gpu",
     max_attempts: int = 3,
     max_active: int | None = None,
 ) -> tuple[Job, bool]:
@@ -100,7 +137,7 @@ def submit_job(
     with another body raises `IdempotencyConflict`. Concurrent submissions with one key create one job:
     the unique constraint (team, key) decides, inside a savepoint. A team with `max_active` active jobs
     (`count_active_jobs`) gets `QuotaExceeded` and nothing is stored (a repeated idempotent request still
-    returns its job)."""
+    returns its job). `queue`: the queue, or the queues in order of preference (`place_job` picks one)."""
     digest = request_hash(spec)
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, team_id, idempotency_key)
@@ -109,7 +146,12 @@ def submit_job(
     if max_active is not None and count_active_jobs(session, team_id=team_id) >= max_active:
         raise QuotaExceeded(max_active)
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
-    check_devices(session, device=resolved["device"], queue=queue, timeout_s=get_settings().heartbeat_timeout_s)
+    queue = place_job(
+        session,
+        resolved=resolved,
+        queues=[queue] if isinstance(queue, str) else queue,
+        timeout_s=get_settings().heartbeat_timeout_s,
+    )
     job = Job(
         team_id=team_id,
         name=resolved.get("name"),
@@ -258,15 +300,16 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> Job | None:
     return job
 
 
-def mark_running(session: Session, *, job_id: str, resumed_from_step: int | None) -> Job:
-    """starting -> running, writing `started`, or `resumed` when the trainer continues from a checkpoint.
-    A job cancelled while it was loading stays cancelling (the supervisor is stopping it)."""
+def mark_running(session: Session, *, job_id: str, resumed_from_step: int | None, **data: Any) -> Job:
+    """starting -> running, writing `started`, or `resumed` when the trainer continues from a checkpoint (with
+    `data`: how many processes run it). A job cancelled while it was loading stays cancelling (the supervisor
+    is stopping it)."""
     job = _locked(session, job_id)
     if job.status == S.starting:
         if resumed_from_step is not None:
-            states.transition(session, job, S.running, event=EventKind.resumed, step=resumed_from_step)
+            states.transition(session, job, S.running, event=EventKind.resumed, step=resumed_from_step, **data)
         else:
-            states.transition(session, job, S.running)
+            states.transition(session, job, S.running, **data)
     return job
 
 
@@ -279,6 +322,13 @@ def heartbeat(session: Session, *, job_id: str, attempt: int) -> bool:
         .execution_options(synchronize_session=False)
     )
     return cast(CursorResult[Any], res).rowcount == 1
+
+
+def attempt_ended(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Whether `attempt` is over but still the job's last (it ended, or was released or lost and not claimed
+    again): its processes may still be leaving their process group, nobody else runs the job yet."""
+    job = session.get(Job, job_id)
+    return job is not None and job.attempt == attempt and job.status not in states.ACTIVE
 
 
 def record_progress(
@@ -368,17 +418,20 @@ def reap(
     after their dispatch are sent again. Returns the jobs to dispatch."""
     now = now or utcnow()
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
+    # a job on several nodes is stale too when one node stopped stamping its seat (store.gangs)
+    lost_node = gangs.stale_seats(session, stale_before=stale_before)
     stale = session.scalars(
         select(Job)
-        .where(Job.status.in_(states.ACTIVE), Job.heartbeat_at < stale_before)
+        .where(Job.status.in_(states.ACTIVE), (Job.heartbeat_at < stale_before) | Job.id.in_(lost_node))
         .with_for_update(skip_locked=True)
     )
     for job in stale:
         age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
+        reason = "heartbeat is stale" if job.id not in lost_node else "a node's seat heartbeat is stale"
         if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
             states.transition(session, job, S.cancelled, reason="worker lost while cancelling", heartbeat_age_s=age)
         else:
-            states.transition(session, job, S.lost, reason="heartbeat is stale", heartbeat_age_s=age, worker=job.worker)
+            states.transition(session, job, S.lost, reason=reason, heartbeat_age_s=age, worker=job.worker)
     session.flush()
     requeued = []
     for job in session.scalars(select(Job).where(Job.status == S.lost).with_for_update(skip_locked=True)):

@@ -225,6 +225,23 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class NodeClaim(Base):
+    """One machine's seat in an attempt of a job on several nodes (gang scheduling, `store.gangs`): the workers
+    that take the job's messages claim seats until `nodes` are claimed, before `deadline`, then all start. The
+    first seat's address and port are the torchrun rendezvous endpoint; node ranks follow the seats' order."""
+
+    __tablename__ = "node_claims"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "worker", name="uq_node_claims_job_id_attempt_worker"),)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)  # the attempt the gang runs
+    seat: Mapped[int] = mapped_column(Integer, primary_key=True)  # order of claiming
+    worker: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(255))  # where the other nodes reach this one
+    port: Mapped[int] = mapped_column(Integer)  # free on `address` when claimed: the rendezvous port if first
+    deadline: Mapped[datetime] = mapped_column()  # the gang forms by then, or its claims are released
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class UiSession(Base):
     """A dashboard sign-in: the cookie holds a random token, the table its sha256. Signing out deletes the row,
     so a copied cookie stops working at once; the API key itself never leaves the sign-in form."""

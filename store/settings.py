@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     # jobs
     default_queue: str = Field(default="gpu", description="Celery queue jobs are sent to")
+    job_queues: list[str] | None = Field(
+        default=None,
+        description="queues jobs may go to, in order of preference (JSON list); a job goes to the first whose "
+        "live workers can serve its device and resources; default: [default_queue]",
+    )
     max_attempts: int = Field(
         default=3,
         ge=1,
@@ -44,6 +49,18 @@ class Settings(BaseSettings):
         gt=0,
         description="a job still queued this long after its id was "
         "sent is sent again (a message lost by the broker); duplicates are harmless",
+    )
+    gang_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a job on several nodes starts once that many workers have claimed it; claims not "
+        "completed within this many seconds are released and the job waits in the queue",
+    )
+    node_address: str | None = Field(
+        default=None,
+        max_length=255,
+        description="the address other nodes reach this worker's node at (torchrun rendezvous and process "
+        "group); default: the address this machine's hostname resolves to",
     )
     cancel_poll_s: float = Field(default=0.5, gt=0, description="how often the supervisor checks the cancel flag")
     cancel_grace_s: float = Field(
@@ -130,6 +147,22 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Folder of kombu's filesystem transport (embedded deployment)."""
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_job_queues(self) -> list[str]:
+        return self.job_queues or [self.default_queue]
+
+    @property
+    def resolved_node_address(self) -> str:
+        """The address other nodes reach this one at (`node_address`, else the hostname's address)."""
+        import socket
+
+        if self.node_address:
+            return self.node_address
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.gethostname()
 
     @property
     def resolved_result_root(self) -> Path:

@@ -9,6 +9,7 @@ from celery import shared_task
 
 from store.db import session_scope
 from store.dispatch import dispatch_job
+from store.gangs import job_resources
 from store.jobs import reap as reap_jobs
 from store.settings import get_settings
 
@@ -23,14 +24,14 @@ def reap() -> int:
     with session_scope() as session:
         settings = get_settings()
         requeued = [
-            (j.id, j.queue)
+            (j.id, j.queue, job_resources(j.spec_resolved)[0])
             for j in reap_jobs(
                 session,
                 heartbeat_timeout_s=settings.heartbeat_timeout_s,
                 redispatch_after_s=settings.redispatch_after_s,
             )
         ]
-    for job_id, queue in requeued:
+    for job_id, queue, nodes in requeued:
         log.info("job %s: dispatched again (lost, or its message never reached a worker)", job_id)
-        dispatch_job(job_id, queue)
+        dispatch_job(job_id, queue, copies=nodes)
     return len(requeued)

@@ -15,6 +15,7 @@ from api.schemas import SPEC_SCHEMA, ErrorBody, EventList, EventPublic, JobList,
 from store import jobs as job_store
 from store.dispatch import dispatch_job
 from store.errors import InvalidSpec
+from store.gangs import job_resources
 from store.models import JobStatus
 from store.settings import get_settings
 
@@ -84,7 +85,7 @@ def submit(
         team_id=caller.team_id,
         spec=spec,
         idempotency_key=idempotency_key,
-        queue=settings.default_queue,
+        queue=settings.resolved_job_queues,
         max_attempts=settings.max_attempts,
         max_active=settings.max_active_jobs_per_team,
     )
@@ -94,7 +95,7 @@ def submit(
     # commit before the message leaves: a worker must find the row it is handed
     session.commit()
     try:
-        dispatch_job(job.id, job.queue)
+        dispatch_job(job.id, job.queue, copies=job_resources(job.spec_resolved)[0])
     except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
         log.exception("job %s: could not reach the broker; it stays queued", job.id)
     log.info("job %s: submitted by team %s (%s, %d steps)", job.id, caller.team_name, job.method, job.total_steps)

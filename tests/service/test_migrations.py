@@ -14,6 +14,7 @@ OUR_TABLES = {
     "teams",
     "api_keys",
     "jobs",
+    "node_claims",
     "job_events",
     "metrics",
     "metric_rollups",
