@@ -53,6 +53,10 @@ class World:
     def min(self, values: list[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.MIN)
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on some rank (a stop asked of any node stops the whole run)."""
+        return self.max([float(flag)])[0] > 0
+
     def _reduce(self, values: list[float], op: Any) -> list[float]:
         if not self.distributed:
             return list(values)
@@ -194,6 +198,26 @@ def init_world(device: str, *, timeout_s: float = 1800.0) -> tuple[World, str]:
             **({"device_id": torch.device(device)} if on_cuda else {}),
         )
     return World(rank=rank, size=size, local_rank=local_rank, comm_device=device if on_cuda else "cpu"), device
+
+
+# how gloo and NCCL say that another process of the group went away (a crash, a kill, a lost node)
+_PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote worker crashing",
+    "NCCL communicator was aborted",
+    "NCCL error",
+)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another process of the run is gone, not a fault of this
+    process: the run as a whole is lost (and resumable), this process did nothing wrong."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_GONE)
 
 
 def close_world(*, together: bool = True) -> None:

@@ -130,8 +130,8 @@ def train(
     """
     run = _setup(config, resume_from)
     world = run.world
-    # rank 0 reports; the other ranks follow its stop requests (one broadcast a step)
-    reporter = (reporter or Reporter()) if world.is_main else Reporter()
+    # rank 0 reports; a stop asked of any rank stops every rank (one all-reduce a step)
+    reporter = (reporter or Reporter()) if world.is_main else _StopRequests(reporter)
     run.disk_reserve_bytes, run.disk_poll_s = disk_reserve_bytes, disk_poll_s
     G = config.group_size
     result = TrainResult(
@@ -143,6 +143,7 @@ def train(
         total_steps=config.steps,
         method=config.method,
         checkpoint=str(run.resumed_from) if run.resumed_from else None,
+        processes=world.size,
     )
     if config.eval_every and run.start_step == 0:
         with full_weights(run.student if run.sharded else None):
@@ -155,7 +156,7 @@ def train(
     step = run.start_step
     try:
         for step in range(run.start_step + 1, config.steps + 1):
-            if world.from_main(reporter.should_stop()):
+            if world.any(reporter.should_stop()):  # a stop asked of any process (node) stops all
                 step -= 1
                 result.stopped = True
                 break
@@ -770,6 +771,16 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     return run
+
+
+class _StopRequests(Reporter):
+    """What a rank other than 0 keeps of its reporter: the stop request (a node told to stop stops the run)."""
+
+    def __init__(self, reporter: Reporter | None) -> None:
+        self.reporter = reporter
+
+    def should_stop(self) -> bool:
+        return self.reporter is not None and self.reporter.should_stop()
 
 
 def _check_world(config: TrainConfig, world: World, per_row_streams: bool) -> None:

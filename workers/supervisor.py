@@ -25,20 +25,25 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import shared_task
+from sqlalchemy.orm import Session
 
+from store import gangs
 from store import jobs as job_store
 from store.db import is_unavailable, retry_unavailable, session_scope
 from store.dispatch import RUN_JOB, dispatch_job
-from store.models import JobStatus
+from store.gangs import job_resources
+from store.models import Job, JobStatus
 from store.settings import get_settings
+from workers.process_group import Launch, die_with_parent, free_port, trainer_command, trainer_env
 
 log = logging.getLogger("rlad.worker")
 S = JobStatus
+T = TypeVar("T")
 
 
 def worker_name() -> str:
@@ -86,38 +91,130 @@ def run_job(self: Any, job_id: str) -> None:
 
 def supervise(job_id: str, worker: str | None = None) -> JobStatus | None:
     """`worker`: the Celery node name (`gpu@host`), as the workers registry knows it."""
+    worker = worker or worker_name()
 
-    def claim() -> int | None:
+    def claim() -> Launch | int | None:
+        """A single node's launch, the node count of a job that needs a gang, or None (nothing to claim)."""
         with session_scope() as session:
-            job = job_store.claim_job(session, job_id=job_id, worker=worker or worker_name())
-            return job.attempt if job is not None else None
+            job = session.get(Job, job_id)
+            if job is None or job.status != S.queued:
+                return None
+            nodes, per_node = job_resources(job.spec_resolved)
+            if nodes > 1:
+                return nodes
+            claimed = job_store.claim_job(session, job_id=job_id, worker=worker)
+            return Launch(claimed.attempt, 1, per_node) if claimed is not None else None
 
     with ShutdownRequest() as shutdown:  # from before the claim: a stop request never finds a job half-taken
         if shutdown.requested:
             _hand_back(job_id)
             return None
-        attempt = retry_unavailable(claim, what=f"job {job_id}: claim")
-        if attempt is None:
-            log.info("job %s: nothing to claim (cancelled, or claimed by another worker); message dropped", job_id)
+        launch = retry_unavailable(claim, what=f"job {job_id}: claim")
+        if isinstance(launch, int):
+            launch = _gather(job_id, worker, shutdown)
+        if launch is None:
+            log.info("job %s: nothing to claim (cancelled, or claimed by other workers); message dropped", job_id)
             return None
-        log.info("job %s: claimed, attempt %d", job_id, attempt)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.trainer_process", job_id, str(attempt)],
-            start_new_session=True,  # its own process group: signals reach its children too
-            preexec_fn=_die_with_parent,
+        settings = get_settings()
+        log.info(
+            "job %s: claimed, attempt %d%s",
+            job_id,
+            launch.attempt,
+            f" ({launch.nodes} node(s) x {launch.per_node} processes; node {launch.node_rank})"
+            if launch.world_size > 1
+            else "",
         )
-        code, cancelled = _watch(proc, job_id, attempt, shutdown)
+        proc = subprocess.Popen(
+            trainer_command(
+                job_id,
+                launch,
+                shutdown_timeout_s=max(settings.cancel_grace_s, settings.shutdown_grace_s),
+                join_timeout_s=settings.gang_wait_s,
+            ),
+            env=trainer_env(launch),
+            start_new_session=True,  # its own process group: signals reach torchrun, which passes them on
+            preexec_fn=die_with_parent,
+        )
+        code, cancelled = _watch(proc, job_id, launch, worker, shutdown)
         if shutdown.requested:
-            return _release(job_id, attempt, code)
-    return _record_exit(job_id, attempt, code, cancelled=cancelled)
+            return _release(job_id, launch, code)
+    return _record_exit(job_id, launch, code, cancelled=cancelled)
 
 
-def _watch(proc: subprocess.Popen[bytes], job_id: str, attempt: int, shutdown: ShutdownRequest) -> tuple[int, bool]:
-    """Heartbeats, the cancel flag and the stop request until the trainer exits: (exit code, cancelled)."""
+def _gather(job_id: str, worker: str, shutdown: ShutdownRequest) -> Launch | None:
+    """Take a seat in the job's gang and wait until every node has one (`store.gangs`). None when the job went
+    on without this worker, the gathering expired or the worker is stopping: then the message this worker took
+    goes back to the queue (another gathering, another worker)."""
+    settings = get_settings()
+    address = settings.resolved_node_address
+    port = free_port(address)
+
+    def join() -> gangs.Gang | None:
+        with session_scope() as session:
+            return gangs.join(
+                session, job_id=job_id, worker=worker, address=address, port=port, wait_s=settings.gang_wait_s
+            )
+
+    gang = retry_unavailable(join, what=f"job {job_id}: claim a seat")
+    if gang is None:
+        return None
+    log.info(
+        "job %s: seat %d of %d for attempt %d; waiting for the other nodes until %s",
+        job_id,
+        len(gang.workers),
+        gang.nodes,
+        gang.attempt,
+        gang.deadline,
+    )
+    attempt = gang.attempt
+    while gang.state == "forming" and not shutdown.requested:
+        time.sleep(settings.cancel_poll_s)
+        gang = retry_unavailable(
+            lambda: _in_session(gangs.gang_of, job_id=job_id, attempt=attempt, worker=worker),
+            what=f"job {job_id}: gang",
+        )
+    if gang.state == "formed":
+        return Launch(attempt, gang.nodes, _per_node(job_id), gang.node_rank, gang.endpoint, address)
+    queue = retry_unavailable(
+        lambda: _in_session(_leave, job_id=job_id, attempt=attempt, worker=worker), what=f"job {job_id}: leave"
+    )
+    if queue is not None:
+        why = "the worker is stopping" if shutdown.requested else "not every node was claimed in time"
+        log.info("job %s: seat given up (%s); its message goes back to queue %s", job_id, why, queue)
+        _dispatch(job_id, queue)
+    return None
+
+
+def _leave(session: Session, *, job_id: str, attempt: int, worker: str) -> str | None:
+    if not gangs.leave(session, job_id=job_id, attempt=attempt, worker=worker):
+        return None
+    return job_store.get_job(session, team_id=None, job_id=job_id).queue
+
+
+def _per_node(job_id: str) -> int:
+    def read() -> int:
+        with session_scope() as session:
+            return job_resources(job_store.get_job(session, team_id=None, job_id=job_id).spec_resolved)[1]
+
+    return retry_unavailable(read, what=f"job {job_id}: resources")
+
+
+def _in_session(fn: Callable[..., T], **kwargs: Any) -> T:
+    with session_scope() as session:
+        return fn(session, **kwargs)
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], job_id: str, launch: Launch, worker: str, shutdown: ShutdownRequest
+) -> tuple[int, bool]:
+    """Heartbeats (the job's, and this node's seat in a gang), the cancel flag and the stop request until the
+    trainer exits: (exit code, cancelled)."""
+    attempt = launch.attempt
     settings = get_settings()
     term_sent_at: float | None = None  # SIGTERM sent to the trainer (cancel or shutdown) at this time
     grace = settings.cancel_grace_s
     cancelled = stopping = False
+    ended_at: float | None = None  # when this attempt's end was seen recorded while its processes still ran
     last_beat = 0.0
     next_db_at, db_delay = 0.0, 0.5  # the database's next try, and the backoff while it is away
     while True:
@@ -142,8 +239,18 @@ def _watch(proc: subprocess.Popen[bytes], job_id: str, attempt: int, shutdown: S
         try:
             with session_scope() as session:
                 if now - last_beat >= settings.heartbeat_interval_s:
-                    if not job_store.heartbeat(session, job_id=job_id, attempt=attempt):
-                        # the reaper gave the job to another attempt (or it ended): this one must stop
+                    if launch.nodes > 1:
+                        gangs.stamp(session, job_id=job_id, attempt=attempt, worker=worker)
+                    if job_store.heartbeat(session, job_id=job_id, attempt=attempt):
+                        pass
+                    elif job_store.attempt_ended(session, job_id=job_id, attempt=attempt):
+                        # rank 0 (or another node) recorded the end; the processes leave the group after it
+                        ended_at = ended_at or now
+                        if now - ended_at > grace:
+                            log.warning("job %s: processes still running %.0f s after the end; SIGKILL", job_id, grace)
+                            _signal(proc, signal.SIGKILL)
+                    else:
+                        # the reaper gave the job to another attempt: this one must stop
                         log.warning("job %s: attempt %d no longer holds the job; stopping the trainer", job_id, attempt)
                         _signal(proc, signal.SIGKILL)
                     last_beat = now
@@ -169,16 +276,6 @@ def _watch(proc: subprocess.Popen[bytes], job_id: str, attempt: int, shutdown: S
                 term_sent_at = now
 
 
-def _die_with_parent() -> None:
-    """Linux: the trainer gets SIGKILL if the supervisor dies (worker killed or shut down cold), so no orphan
-    keeps writing to a job that the reaper will hand to a new attempt."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -201,16 +298,18 @@ def _hand_back(job_id: str) -> None:
         log.info("job %s: the worker is stopping; its message was sent back to queue %s", job_id, queue)
 
 
-def _dispatch(job_id: str, queue: str) -> None:
+def _dispatch(job_id: str, queue: str, copies: int = 1) -> None:
     try:
-        dispatch_job(job_id, queue)
+        dispatch_job(job_id, queue, copies=copies)
     except Exception:  # the reaper sends undelivered queued jobs again
         log.exception("job %s: the broker could not take its id; the reaper will send it again", job_id)
 
 
-def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
+def _release(job_id: str, launch: Launch, code: int) -> JobStatus | None:
     """The worker is stopping and the trainer has ended (checkpointed, or killed after the grace period): hand
-    the job back to the queue unless the trainer recorded its end itself."""
+    the job back to the queue unless the trainer recorded its end itself. A job on several nodes stops on every
+    node (a stop asked of one rank stops all) and goes back as one message per node."""
+    attempt = launch.attempt
 
     def release() -> tuple[JobStatus | None, str | None]:
         with session_scope() as session:
@@ -223,7 +322,7 @@ def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
 
     status, queue = retry_unavailable(release, what=f"job {job_id}: release")
     if queue is not None:
-        _dispatch(job_id, queue)
+        _dispatch(job_id, queue, copies=launch.nodes)
         log.info("job %s: attempt %d released to queue %s (the worker is stopping)", job_id, attempt, queue)
     else:
         log.info(
@@ -232,9 +331,15 @@ def _release(job_id: str, attempt: int, code: int) -> JobStatus | None:
     return status
 
 
-def _record_exit(job_id: str, attempt: int, code: int, *, cancelled: bool) -> JobStatus | None:
+def _record_exit(job_id: str, launch: Launch, code: int, *, cancelled: bool) -> JobStatus | None:
     """The trainer records succeeded/failed itself; here: a cancel that went through, or a death it could not
-    report (a signal, an out-of-memory kill, a crash before it reached its own handler)."""
+    report (a signal, an out-of-memory kill, a crash before it reached its own handler).
+
+    A process group (torchrun) that ends with an error and no recorded end lost a process: another rank or
+    node died, or the group broke up (the ranks record their own faults as `failed`): the attempt is `lost`
+    and the job resumes from its last checkpoint. One that ends cleanly had its end recorded by rank 0, which
+    may run on another node."""
+    attempt = launch.attempt
 
     def record() -> JobStatus | None:
         with session_scope() as session:
@@ -243,6 +348,18 @@ def _record_exit(job_id: str, attempt: int, code: int, *, cancelled: bool) -> Jo
                 return status
             if cancelled or status == S.cancelling:
                 job = job_store.finish_job(session, job_id=job_id, attempt=attempt, outcome=S.cancelled, exit_code=code)
+            elif launch.world_size > 1 and code == 0:
+                log.warning("job %s: this node's processes ended cleanly; rank 0 records the end", job_id)
+                return status
+            elif launch.world_size > 1:
+                where = f" on node {launch.node_rank} of {launch.nodes}" if launch.nodes > 1 else ""
+                reason = (
+                    f"the job's process group ended without a result{where} (torchrun exit code {code}): a "
+                    "process or node was lost"
+                )
+                job = job_store.finish_job(
+                    session, job_id=job_id, attempt=attempt, outcome=S.lost, error_message=reason
+                )
             elif code < 0:
                 reason = f"trainer killed by signal {-code} ({signal.Signals(-code).name})"
                 job = job_store.finish_job(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlad_core.config import ConfigError, parse_config
+from rlad_core.distributed import close_world, peer_lost, world_size_from_env
 from rlad_core.models import TokenizerMismatch
 from rlad_core.reporting import Reporter
 from rlad_core.tasks.jsonl import DatasetError
@@ -29,6 +30,7 @@ from store.db import is_unavailable, retry_unavailable, session_scope
 from store.models import EventKind, Job, JobStatus
 from store.results import ResultStore, get_result_store
 from store.settings import get_settings
+from workers.process_group import die_with_parent
 
 log = logging.getLogger("rlad.trainer")
 S = JobStatus
@@ -51,8 +53,11 @@ def error_code(exc: BaseException) -> str:
 
 
 def run(job_id: str, attempt: int) -> int:
+    """One process of the job's attempt: the only one, or one rank of its torchrun process group (rank 0
+    reports through a `JobReporter` and records how the run ended; the other ranks train silently)."""
     settings = get_settings()
     store = get_result_store(settings.resolved_result_root)
+    rank, world_size = int(os.environ.get("RANK", "0")), world_size_from_env()
 
     def load() -> tuple[Job, dict[str, Any]]:
         with session_scope() as s:
@@ -60,14 +65,18 @@ def run(job_id: str, attempt: int) -> int:
             return job, dict(job.spec_resolved)
 
     job, spec = retry_unavailable(load, what=f"job {job_id}: load")
-    if job.attempt != attempt or job.status not in (S.starting, S.cancelling):
+    if job.attempt != attempt or job.status not in (S.starting, S.running, S.cancelling):
         log.info("job %s: attempt %d does not hold the job (%s); exiting", job_id, attempt, job.status.value)
         return 0
     team_id = job.team_id
     spec["output_dir"] = str(store.job_dir(job_id))
 
-    reporter = JobReporter(job_id, attempt, spec["steps"], store, flush_s=settings.metrics_flush_s)
-    signal.signal(signal.SIGTERM, reporter.request_stop)
+    reporter: JobReporter | RankReporter
+    if rank == 0:
+        reporter = JobReporter(job_id, attempt, spec["steps"], store, flush_s=settings.metrics_flush_s)
+    else:
+        reporter = RankReporter()
+    signal.signal(signal.SIGTERM, reporter.request_stop)  # every rank: a stop asked of any process stops all
     try:
         with session_scope() as s:  # refs -> local paths (store.refs: checked again, HF ids offline)
             spec = refs.localize_refs(s, team_id=team_id, spec=spec, store=store, settings=settings)
@@ -81,18 +90,29 @@ def run(job_id: str, attempt: int) -> int:
         )  # a full result store pauses the job (disk_full)
     except BaseException as exc:
         reporter.close()
+        close_world(together=False)
+        if world_size > 1 and (peer_lost(exc) or reporter.stop_requested):
+            # another process of the group is gone (or torchrun is ending the group): the attempt is lost, not
+            # failed; the supervisor records it and the job resumes from its last checkpoint
+            log.warning("job %s: rank %d: the process group broke up (%s: %s)", job_id, rank, type(exc).__name__, exc)
+            return PEER_LOST_EXIT
         code = error_code(exc)
-        log.error("job %s: failed (%s): %s\n%s", job_id, code, exc, traceback.format_exc())
+        log.error("job %s: rank %d failed (%s): %s\n%s", job_id, rank, code, exc, traceback.format_exc())
         _finish(job_id, attempt, S.failed, error_code=code, error_message=f"{type(exc).__name__}: {exc}"[:4000])
         return 1
     reporter.close()
+    if rank != 0:
+        close_world()  # after rank 0 recorded the end: a node whose processes exit 0 finds it recorded
+        return 0
     if result.stopped and _status(job_id) != S.cancelling:
-        # stopped by a worker that is shutting down: the supervisor releases the job to the queue
+        # stopped by a worker that is shutting down: its supervisor releases the job to the queue
         log.info("job %s: stopped at step %d for a worker shutdown", job_id, result.step)
+        close_world()
         return 0
     outcome = S.cancelled if result.stopped else S.succeeded
     _finish(job_id, attempt, outcome, step=result.step, checkpoint_step=result.step if result.checkpoint else None)
     log.info("job %s: %s at step %d", job_id, outcome.value, result.step)
+    close_world()
     return 0
 
 
@@ -112,6 +132,22 @@ def _finish(job_id: str, attempt: int, outcome: S, **data: Any) -> None:
             job_store.finish_job(s, job_id=job_id, attempt=attempt, outcome=outcome, **data)
 
     retry_unavailable(finish, what=f"job {job_id}: record {outcome.value}")
+
+
+PEER_LOST_EXIT = 75  # a rank whose process group broke up (EX_TEMPFAIL): nothing recorded, the attempt is lost
+
+
+class RankReporter(Reporter):
+    """The reporter of ranks other than 0: reports nothing (rank 0 does), takes the stop request (SIGTERM)."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
 
 
 class JobReporter(Reporter):
@@ -155,7 +191,9 @@ class JobReporter(Reporter):
 
             def mark() -> None:
                 with session_scope() as s:
-                    job_store.mark_running(s, job_id=self.job_id, resumed_from_step=resumed_from)
+                    job_store.mark_running(
+                        s, job_id=self.job_id, resumed_from_step=resumed_from, processes=data.get("processes", 1)
+                    )
 
             retry_unavailable(mark, what=f"job {self.job_id}: {kind}")
         elif kind in ("eval_completed", "step_skipped", "disk_full"):
@@ -270,6 +308,10 @@ class JobReporter(Reporter):
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no per-shard bars in the worker log
+    if world_size_from_env() > 1:
+        # a rank of torchrun runs in a session of its own: it must die with torchrun (which dies with the
+        # supervisor), or a killed worker would leave ranks training on
+        die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job_id, attempt = sys.argv[1], int(sys.argv[2])
     sys.exit(run(job_id, attempt))
