@@ -3,6 +3,8 @@
 Layout of `<root>/step-<n>/`:
     config.json, generation_config.json, model.safetensors, tokenizer files   (loads with from_pretrained)
     trainer_state.pt     optimizer, LR scheduler, RNG states, step, data position, job config
+    optimizer/           (FSDP runs) the optimizer state instead, each process's shards written by it with
+                         torch.distributed.checkpoint (DCP); loads resharded on any number of processes
     manifest.json        step, created time, metrics snapshot and the sha256 and size of every file
 
 A checkpoint is written into a hidden temporary directory next to its final place and renamed into place
@@ -23,7 +25,7 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import torch
 from rlad_core.layout import MANIFEST, ManifestMismatch, list_steps, replace_dir, sha256_file, step_dir, verify
 
 TRAINER_STATE = "trainer_state.pt"
+SHARDED_OPTIMIZER = "optimizer"  # a sharded run's optimizer state: a torch.distributed.checkpoint directory
 
 
 class CheckpointError(RuntimeError):
@@ -60,14 +63,16 @@ MARGIN_FRACTION = 0.1
 MARGIN_BYTES = 1 << 20
 
 
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors inside nested dicts/lists/tuples (an optimizer's state_dict)."""
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside nested dicts/lists/tuples (an optimizer's state_dict); of a DTensor, this
+    process's shard."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return local.numel() * local.element_size()
     if isinstance(obj, Mapping):
-        return sum(_tensor_bytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, list | tuple):
-        return sum(_tensor_bytes(v) for v in obj)
+        return sum(tensor_bytes(v) for v in obj)
     return 0
 
 
@@ -79,7 +84,7 @@ def estimate_checkpoint_bytes(root: str | Path, *, model: Any, trainer_state: Ma
     if newest is not None:
         base = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
     else:  # parameters() yields tied weights once, as save_pretrained writes them
-        base = sum(p.numel() * p.element_size() for p in model.parameters()) + _tensor_bytes(trainer_state)
+        base = sum(p.numel() * p.element_size() for p in model.parameters()) + tensor_bytes(trainer_state)
     return int(base * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
 
 
@@ -133,15 +138,21 @@ def save_checkpoint(
     metrics: Mapping[str, float] | None = None,
     reserve_bytes: int = 0,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    write_shards: Callable[[Path], None] | None = None,
+    shard_bytes: int = 0,
 ) -> Path:
     """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced.
     `state_dict`: the model's weights when `model` does not hold them whole (gathered from FSDP shards).
+    `write_shards(tmp)`: first, writes what every process of a sharded run holds into the temporary directory
+    (the optimizer state with torch.distributed.checkpoint, `SHARDED_OPTIMIZER`), `shard_bytes` in all; the
+    manifest then covers those files too.
 
     Raises `DiskFull` without writing anything when the file system of `root` has less free space than the
     estimated checkpoint (`estimate_checkpoint_bytes`) plus `reserve_bytes`, and also when the write itself
     runs out of space (the temporary directory is removed first). Earlier checkpoints are never touched."""
     root = Path(root)
     needed = estimate_checkpoint_bytes(root, model=model, trainer_state=trainer_state) + reserve_bytes
+    needed += 0 if latest_checkpoint(root) else shard_bytes  # (an existing checkpoint's size includes them)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -156,6 +167,9 @@ def save_checkpoint(
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
+        if write_shards is not None:
+            tmp.mkdir()
+            write_shards(tmp)
         model.save_pretrained(tmp, safe_serialization=True, state_dict=dict(state_dict) if state_dict else None)
         tokenizer.save_pretrained(tmp)
         # through a Python file: a full disk then shows as ENOSPC or as the zip writer's "unexpected pos"

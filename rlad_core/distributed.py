@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the run's processes (rank 0 reports, evaluates and saves)."""
+    """This process's place among the run's processes (rank 0 reports and saves)."""
 
     rank: int = 0
     size: int = 1
@@ -36,12 +37,14 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def block(self, n: int) -> range:
-        """The contiguous block of `n` items this rank owns (`n` divisible by the world size)."""
-        if n % self.size:
+    def block(self, n: int, *, even: bool = True) -> range:
+        """The contiguous block of `n` items this rank owns, blocks in rank order. `even`: `n` must be divisible
+        by the world size; otherwise the first n % size ranks take one item more (a block may be empty)."""
+        per, extra = divmod(n, self.size)
+        if extra and even:
             raise ValueError(f"{n} items cannot be split evenly over {self.size} processes")
-        per = n // self.size
-        return range(self.rank * per, (self.rank + 1) * per)
+        start = self.rank * per + min(self.rank, extra)
+        return range(start, start + per + (self.rank < extra))
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (float64)."""
@@ -150,27 +153,61 @@ def local_value(t: torch.Tensor) -> torch.Tensor:
     return full() if callable(full) else t
 
 
-def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Model and optimizer state, whole, on rank 0's CPU (empty elsewhere): every rank calls it together.
-    The optimizer state is keyed by parameter name, so any world size can load it (`load_full_optimizer`)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, whole, on rank 0's CPU (empty elsewhere): every rank calls it together. What
+    `save_pretrained` writes, so the checkpoint users download is the same whatever the run's sharding."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # tied weights (an output head sharing the embedding) come back as separate copies: keep the first name,
     # as save_pretrained does for a model that holds them
     kept = {name for name, _ in model.named_parameters()}
     aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - kept
-    weights = {k: v for k, v in weights.items() if k not in aliases}
-    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+    return {k: v for k, v in weights.items() if k not in aliases}
+
+
+def sharded_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state as this rank holds it (DTensor shards under FSDP), keyed by parameter name: what
+    `save_sharded` writes. Every rank calls it together."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return {"optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
+def save_sharded(state: dict[str, Any], path: Path) -> None:
+    """Each rank writes its shards of `state` into the directory `path` (torch.distributed.checkpoint; rank 0
+    adds the metadata). A collective: it returns on every rank once all have written, and fails on every rank
+    when one failed (a full disk included)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=path)
+
+
+def load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The optimizer state `save_sharded` wrote, resharded onto this run's parameters: FSDP over any number of
+    processes, DDP or one process alike."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state = sharded_optimizer_state(model, optimizer)  # the layout to fill (this run's shards)
+    dcp.load(state, checkpoint_id=path)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def optimizer_state_by_name(model: torch.nn.Module, state: dict) -> dict:
+    """A plain `optimizer.state_dict()` (parameters by index, in the order of the model's trainable parameters,
+    as the trainer builds its optimizer) keyed by parameter name instead, for `load_full_optimizer`: how a
+    checkpoint of one process or DDP resumes under FSDP."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def load_full_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """The optimizer state `full_state_dicts` wrote, onto this run's (sharded or not) parameters."""
+    """An optimizer state saved whole and keyed by parameter name (checkpoints of FSDP runs before they wrote
+    DCP shards), onto this run's (sharded or not) parameters."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

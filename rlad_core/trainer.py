@@ -10,8 +10,9 @@ loss with cross-entropy. The loop talks to the outside only through a `Reporter`
 
 Under torchrun (`rlad_core.distributed`) each process takes a contiguous block of the step's prompts, samples,
 scores and rewards them, and the update is data-parallel (DDP): every micro-batch's weight is its share of the
-global mini-batch, so the gradient is the one a single process computes on the whole batch. Rank 0 reports,
-evaluates and saves; metrics are computed over every rank's rows.
+global mini-batch, so the gradient is the one a single process computes on the whole batch. Each rank also
+evaluates its block of the held-out examples. Rank 0 reports and saves; metrics are computed over every rank's
+rows (evaluation metrics over every rank's examples).
 
 Steps are numbered from 1: "step s" is the state after s updates; step 0 is the initial model.
 """
@@ -33,26 +34,33 @@ import torch
 
 from rlad_core import losses
 from rlad_core.checkpoint import (
+    SHARDED_OPTIMIZER,
     DiskFull,
+    is_out_of_space,
     latest_checkpoint,
     load_trainer_state,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    tensor_bytes,
 )
 from rlad_core.config import TEACHER_METHODS, ConfigError, TrainConfig
 from rlad_core.distributed import (
     World,
-    full_state_dicts,
+    full_model_state,
     full_weights,
     init_world,
     load_full_optimizer,
+    load_sharded_optimizer,
     local_value,
     no_grad_sync,
+    optimizer_state_by_name,
+    save_sharded,
     shard_model,
+    sharded_optimizer_state,
 )
-from rlad_core.evaluate import evaluate
+from rlad_core.evaluate import aggregate, evaluate_examples, sample_seeds
 from rlad_core.models import (
     check_tokenizers_compatible,
     decode_completions,
@@ -147,8 +155,7 @@ def train(
     )
     if config.eval_every and run.start_step == 0:
         with full_weights(run.student if run.sharded else None):
-            if world.is_main:
-                result.eval_before = _evaluate(config, run, reporter, step=0)
+            result.eval_before = _evaluate(config, run, reporter, step=0)
 
     consecutive_nonfinite = run.consecutive_nonfinite
     last_saved = run.start_step if run.resumed_from else -1
@@ -270,9 +277,8 @@ def train(
 
             # ===== 6. evaluate and checkpoint ==============================================================
             if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                with full_weights(run.student if run.sharded else None):  # every rank gathers; rank 0 evaluates
-                    if world.is_main:
-                        result.eval_after = _evaluate(config, run, reporter, step=step)
+                with full_weights(run.student if run.sharded else None):  # every rank gathers and evaluates
+                    result.eval_after = _evaluate(config, run, reporter, step=step)
             if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 saved = _checkpoint(config, run, reporter, step, metrics, result.skipped_steps, consecutive_nonfinite)
                 if saved is None:  # stopped while the disk was full: the run ends at the last checkpoint
@@ -759,8 +765,12 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             student, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
         )
     if state is not None:
-        if state.get("optimizer_format") == "by_name":  # written whole by a sharded run: any world size loads it
+        if state.get("optimizer_format") == "dcp":  # DCP shards of a sharded run: resharded to this run
+            load_sharded_optimizer(student, optimizer, resume_path / SHARDED_OPTIMIZER)
+        elif state.get("optimizer_format") == "by_name":  # whole, by name (sharded runs' older checkpoints)
             load_full_optimizer(student, optimizer, state["optimizer"])
+        elif sharded:  # whole, by index (one process or DDP), onto this run's shards
+            load_full_optimizer(student, optimizer, optimizer_state_by_name(student, state["optimizer"]))
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -886,18 +896,36 @@ class _MetricAccumulator:
 
 
 def _evaluate(config: TrainConfig, run: _Run, reporter: Reporter, *, step: int) -> dict[str, float]:
-    res = evaluate(
+    """Evaluate the student on the held-out examples; every rank calls it together and gets the metrics.
+
+    Each rank evaluates its contiguous block of the examples (the first ranks one more when they do not split
+    evenly); the per-example records are gathered in rank order, i.e. in the examples' order, and rank 0
+    reports the metrics, an `eval_completed` event and the samples. With per-row streams an example's k samples
+    are seeded by (seed, step, example index, sample index), so the metrics do not depend on the number of
+    processes; with the batch stream (one process) the samples draw from one stream seeded with seed + step.
+    """
+    world = run.world
+    block = world.block(len(run.eval_examples), even=False)
+    records = evaluate_examples(
         run.engine,
         run.tokenizer,
         run.task,
-        run.eval_examples,
+        run.eval_examples[block.start : block.stop],
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
         pass_k=config.eval_pass_k,
         use_chat_template=config.use_chat_template,
         seed=config.seed + step,
+        seeds=sample_seeds(config.seed, step, block.start, len(block), config.eval_pass_k)
+        if run.per_row_streams
+        else None,
     )
+    if world.distributed:
+        records = [r for part in world.gather(records) for r in part]
+    res = aggregate(records, pass_k=config.eval_pass_k)
+    if not world.is_main:
+        return res.metrics
     reporter.metrics(step, res.metrics)
     reporter.event(
         "eval_completed",
@@ -918,13 +946,19 @@ def _checkpoint(
     consecutive_nonfinite: int,
 ) -> Path | None:
     """Save, prune and report the checkpoint of `step`; None if a stop came while it waited for disk space.
-    Rank 0 writes it: DDP replicas are identical; FSDP shards are gathered to rank 0's CPU first."""
-    model_state, optimizer_state = full_state_dicts(run.student, run.optimizer) if run.sharded else (None, None)
+
+    Rank 0 writes it. DDP replicas are identical: rank 0's weights and optimizer state are the run's. FSDP: the
+    weights are gathered to rank 0's CPU (the Hugging Face layout users download), and the optimizer state
+    stays sharded: every rank writes its shards with torch.distributed.checkpoint into rank 0's temporary
+    directory (`_ShardWriter`), which rank 0 completes and renames into place. Either resumes on any world
+    size."""
+    model_state = full_model_state(run.student) if run.sharded else None
+    shards = _ShardWriter(run) if run.sharded else None
     state = {
         "step": step,
         "data_position": step * config.prompts_per_step,
-        "optimizer": optimizer_state if run.sharded else run.optimizer.state_dict(),
-        "optimizer_format": "by_name" if run.sharded else "by_index",
+        "optimizer": None if run.sharded else run.optimizer.state_dict(),
+        "optimizer_format": "dcp" if run.sharded else "by_index",
         "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(),
         "config": config.to_json_dict(),
@@ -933,7 +967,7 @@ def _checkpoint(
     }
     root = run.out_dir / "checkpoints"
     if not run.world.is_main:  # replicas hold the same weights and optimizer state: rank 0 writes them
-        return cast(Path | None, run.world.from_main(None))
+        return shards.follow() if shards is not None else cast(Path | None, run.world.from_main(None))
     reporter.sync()  # the metrics up to `step` are durable before a resume could start after them
     path = _save_when_space(
         reporter,
@@ -948,14 +982,49 @@ def _checkpoint(
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             reserve_bytes=run.disk_reserve_bytes,
             state_dict=model_state,
+            write_shards=shards.lead if shards is not None else None,
+            shard_bytes=shards.bytes if shards is not None else 0,
         ),
     )
+    if shards is not None:
+        shards.done()
     if path is not None:
         if config.keep_checkpoints:
             prune_checkpoints(root, config.keep_checkpoints)
         reporter.checkpoint(step, path, metrics)
         reporter.event("checkpoint_saved", step=step, path=str(path))
     return cast(Path | None, run.world.from_main(path))
+
+
+class _ShardWriter:
+    """The ranks of a sharded run writing a checkpoint's optimizer shards together. Rank 0 leads: for each try
+    of its save (a full disk makes it wait and try again) it sends every rank the temporary directory and all
+    write their shards there (`save_sharded`, a collective); then it sends `done`. The others follow until
+    then."""
+
+    def __init__(self, run: _Run) -> None:
+        self.world = run.world
+        self.state = sharded_optimizer_state(run.student, run.optimizer)
+        self.bytes = int(self.world.sum([float(tensor_bytes(self.state))])[0])
+
+    def lead(self, tmp: Path) -> None:
+        self.world.from_main(("write", str(tmp)))
+        save_sharded(self.state, tmp / SHARDED_OPTIMIZER)
+
+    def done(self) -> None:
+        self.world.from_main(("done", None))
+
+    def follow(self) -> Path | None:
+        while True:
+            order, tmp = self.world.from_main(None)
+            if order == "done":
+                return cast(Path | None, self.world.from_main(None))  # the path rank 0 saved, or None
+            try:
+                save_sharded(self.state, Path(tmp) / SHARDED_OPTIMIZER)
+            except Exception as exc:
+                if not is_out_of_space(exc):
+                    raise
+                # rank 0 saw the same failure: it waits for space and sends the next try (or `done`)
 
 
 def _save_when_space(reporter: Reporter, step: int, poll_s: float, save: Callable[[], Path]) -> Path | None:

@@ -96,15 +96,61 @@ def test_two_processes_match_one_process(tmp_path, warm_dirs, method, layout):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_evaluation_is_split_over_processes_and_matches_one_process(tmp_path, warm_dirs, strategy):
+    """7 eval examples over 2 processes (blocks of 4 and 3): the eval metrics at step 0 and at the last step, and
+    the eval samples, are those of 1 process, and rank 0 reports each evaluation once."""
+    spec = _spec(warm_dirs, "grpo", micro_batch_size=8, steps=2, eval_every=2, eval_size=7, eval_pass_k=4)
+    one = _train(tmp_path, "one", {**spec, "strategy": "ddp"}, nproc=1)
+    two = _train(tmp_path, "two", {**spec, "strategy": strategy}, nproc=2)
+
+    def evals(out: Path) -> dict[int, dict]:
+        return {r["step"]: r for r in _metrics(out) if "eval/n" in r}
+
+    e1, e2 = evals(one), evals(two)
+    assert sorted(e1) == sorted(e2) == [0, 2]
+    for step in (0, 2):
+        keys = {k for k in e1[step] if k.startswith("eval/")}
+        assert keys == {k for k in e2[step] if k.startswith("eval/")}
+        for k in sorted(keys):
+            assert e2[step][k] == pytest.approx(e1[step][k], rel=1e-9, abs=1e-12), (step, k)
+        assert e1[step]["eval/n"] == 7.0
+    # the samples really vary: some example has a correct sample and some has none
+    assert any(0.0 < e["eval/pass@4"] < 1.0 for e in e1.values())
+
+    def reported(out: Path) -> tuple[list, list]:
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        return (
+            [e["step"] for e in events if e["kind"] == "eval_completed"],
+            [(r["step"], r["prompt"], r["completion"]) for r in samples if r.get("eval")],
+        )
+
+    assert reported(two) == reported(one)
+    assert reported(one)[0] == [0, 2]
+
+
 def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path, warm_dirs):
-    """1 process -> 2 (DDP), and 2 (FSDP, optimizer state gathered by name) -> 1: steps 3 and 4 after the
-    resume are those of the uninterrupted run."""
+    """1 process -> 2 (DDP), 2 (FSDP: the optimizer state in DCP shards) -> 1, and 1 -> 2 (FSDP: the whole
+    optimizer state sharded on load): steps 3 and 4 after the resume are those of the uninterrupted run."""
     spec = _spec(warm_dirs, "rlad", micro_batch_size=8, steps=4, checkpoint_every=2)
     whole = _metrics(_train(tmp_path, "whole", spec, nproc=1))
     sharded = _train(tmp_path, "sharded", {**spec, "strategy": "fsdp"}, nproc=2)
+    step2, whole_step2 = sharded / "checkpoints" / "step-2", tmp_path / "whole" / "checkpoints" / "step-2"
+    manifest = json.loads((step2 / "manifest.json").read_text())["files"]
+    # each rank wrote its own shards (torch.distributed.checkpoint), covered by the manifest like every file
+    assert {"optimizer/.metadata", "optimizer/__0_0.distcp", "optimizer/__1_0.distcp"} <= set(manifest)
+    assert "model.safetensors" in manifest  # the weights users download stay whole
     runs = {
-        "1->2 ddp": _train(tmp_path, "ddp2", spec, nproc=2, resume=tmp_path / "whole" / "checkpoints" / "step-2"),
-        "2 fsdp->1": _train(tmp_path, "one", spec, nproc=1, resume=sharded / "checkpoints" / "step-2"),
+        "1->2 ddp": _train(tmp_path, "ddp2", spec, nproc=2, resume=whole_step2),
+        "2 fsdp->1": _train(tmp_path, "one", spec, nproc=1, resume=step2),
+        "1->2 fsdp": _train(
+            tmp_path,
+            "fsdp2",
+            {**spec, "strategy": "fsdp"},
+            nproc=2,
+            resume=tmp_path / "whole" / "checkpoints" / "step-2",
+        ),
     }
     for name, out in runs.items():
         resumed = _metrics(out)
@@ -113,6 +159,15 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path, warm_dirs
             for k in a:
                 if not k.startswith(TIMING):
                     assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12), (name, a["step"], k)
+
+
+def test_blocks_cover_the_items_in_rank_order_uneven_ones_when_asked():
+    assert [World(rank=r, size=2).block(8) for r in range(2)] == [range(0, 4), range(4, 8)]
+    with pytest.raises(ValueError):
+        World(rank=0, size=2).block(7)
+    assert [World(rank=r, size=3).block(7, even=False) for r in range(3)] == [range(0, 3), range(3, 5), range(5, 7)]
+    assert [World(rank=r, size=3).block(2, even=False) for r in range(3)] == [range(0, 1), range(1, 2), range(2, 2)]
+    assert World().block(7, even=False) == range(7)
 
 
 def test_a_config_several_processes_cannot_split_is_refused_naming_the_field(warm_dirs):
