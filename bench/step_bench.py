@@ -108,11 +108,16 @@ def measure_floor(student_dir: Path, teacher_dir: Path, reps: int) -> dict[str, 
     }
 
 
-def run_ours(
-    method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str
-) -> list[dict[str, float]]:
-    """Per-step metrics of steps 3..N of one training run."""
-    config = TrainConfig(
+def build_models(work: Path) -> tuple[Path, Path]:
+    """The benchmark's student ("small", seed 0) and teacher ("small-4x", seed 1), saved under `work`."""
+    return save_tiny_model(work / "student", "small", seed=0), save_tiny_model(work / "teacher", "small-4x", seed=1)
+
+
+def train_config(
+    method: str, student_dir: Path, teacher_dir: Path, steps: int, output_dir: Path, engine: str, **extra: object
+) -> TrainConfig:
+    """The benchmark's training config (P prompts x G rollouts x NEW_TOKENS tokens); `extra` adds fields."""
+    return TrainConfig(
         method=method,
         student=str(student_dir),
         teacher=str(teacher_dir) if method != "grpo" else None,
@@ -127,8 +132,16 @@ def run_ours(
         log_samples=0,
         engine=engine,
         seed=0,
-        output_dir=str(out_dir / f"{method}-{engine}"),
+        output_dir=str(output_dir),
+        **extra,
     )
+
+
+def run_ours(
+    method: str, student_dir: Path, teacher_dir: Path, steps: int, out_dir: Path, engine: str
+) -> list[dict[str, float]]:
+    """Per-step metrics of steps 3..N of one training run."""
+    config = train_config(method, student_dir, teacher_dir, steps, out_dir / f"{method}-{engine}", engine)
     rep = MemoryReporter()
     train(config, reporter=rep)
     return [m for _, m in sorted(rep.train_metrics().items())][2:]
@@ -182,8 +195,7 @@ def main() -> None:
     torch.set_num_threads(2)
 
     work = Path(tempfile.mkdtemp(prefix="rlad-bench-"))
-    student_dir = save_tiny_model(work / "student", "small", seed=0)
-    teacher_dir = save_tiny_model(work / "teacher", "small-4x", seed=1)
+    student_dir, teacher_dir = build_models(work)
 
     res: dict[str, object] = {
         "torch": torch.__version__,
