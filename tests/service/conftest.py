@@ -12,16 +12,57 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from rlad_core.models import save_tiny_model
 
+if TYPE_CHECKING:
+    from rlad.service import LocalService
+
 PG_ADMIN = os.environ.get("RLAD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("RLAD_TEST_REDIS", "redis://127.0.0.1:6379/15")
 SETTINGS_ENV = ("RLAD_DATA_DIR", "RLAD_DATABASE_URL", "RLAD_BROKER_URL", "RLAD_RESULT_ROOT", "RLAD_MODEL_ROOTS")
+
+
+@contextmanager
+def production_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[LocalService]:
+    """`LocalService` (API, gpu worker, cpu worker with beat) on a fresh PostgreSQL database and the test Redis
+    database, with `env` and model roots under pytest's temporary directory; dropped and flushed afterwards."""
+    from rlad.service import LocalService
+
+    db = f"rlad_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{db}"'))
+    import redis
+
+    redis.Redis.from_url(REDIS).flushdb()
+    svc = LocalService(
+        tmp_path_factory.mktemp(name),
+        port=free_port(),
+        env={
+            "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{db}",
+            "RLAD_BROKER_URL": REDIS,
+            **env,
+            **model_roots_env(tmp_path_factory),
+        },
+    )
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+        redis.Redis.from_url(REDIS).flushdb()
 
 
 def reset_caches() -> None:

@@ -7,17 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
-from sqlalchemy import create_engine, text
 
 from rlad.service import LocalService, worker_command
-from tests.service.conftest import PG_ADMIN, REDIS, free_port, model_roots_env, tiny_spec
+from tests.service.conftest import production_stack, tiny_spec
 from tests.service.test_workers import events, wait_for
 
 pytestmark = pytest.mark.slow
@@ -29,38 +26,19 @@ TWO_NODES = {"nodes": 2, "gpus_per_node": 1}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
     """API, two job workers on queue gpu (`gpu@` and `gpu2@`, the two "machines"), the reaper's worker."""
-    name = f"rlad_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    redis.Redis.from_url(REDIS).flushdb()
-    svc = LocalService(
-        tmp_path_factory.mktemp("dist"),
-        port=free_port(),
-        env={
-            "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}",
-            "RLAD_BROKER_URL": REDIS,
-            "RLAD_REAPER_INTERVAL_S": "1",
-            "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
-            "RLAD_HEARTBEAT_TIMEOUT_S": "20",
-            "RLAD_CANCEL_GRACE_S": "15",
-            "RLAD_METRICS_FLUSH_S": "0.5",
-            "RLAD_GANG_WAIT_S": "60",
-            "RLAD_NODE_ADDRESS": "127.0.0.1",
-            "OMP_NUM_THREADS": "1",
-            **model_roots_env(tmp_path_factory),
-        },
-    )
-    svc.start()
-    svc._spawn("worker-gpu2", worker_command("gpu", hostname="gpu2@%h"))
-    try:
+    env = {
+        "RLAD_REAPER_INTERVAL_S": "1",
+        "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+        "RLAD_HEARTBEAT_TIMEOUT_S": "20",
+        "RLAD_CANCEL_GRACE_S": "15",
+        "RLAD_METRICS_FLUSH_S": "0.5",
+        "RLAD_GANG_WAIT_S": "60",
+        "RLAD_NODE_ADDRESS": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+    }
+    with production_stack(tmp_path_factory, "dist", env) as svc:
+        svc._spawn("worker-gpu2", worker_command("gpu", hostname="gpu2@%h"))
         yield svc
-    finally:
-        svc.stop()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        redis.Redis.from_url(REDIS).flushdb()
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +92,29 @@ def test_a_job_on_two_processes_runs_under_torchrun(http, micro_models) -> None:
     assert loss["steps"] == [1, 2, 3, 4]  # reported once (rank 0), not once per process
 
 
+def _resumed_after_a_loss(http: httpx.Client, job_id: str, steps: int) -> dict:
+    """The job succeeded on attempt 2 after one lost attempt, from a checkpoint, with every step's metrics
+    once; no rank of either attempt is left running. Returns the loss event."""
+    done = wait_for(http, job_id, lambda j: j["status"] == "succeeded", timeout_s=300)
+    assert done["attempt"] == 2 and done["steps_done"] == steps
+    evs = events(http, job_id)
+    kinds = [e["kind"] for e in evs]
+    i = kinds.index("lost")
+    assert kinds[i : i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
+    assert evs[i + 3]["data"]["step"] >= 25 and evs[i + 3]["data"]["processes"] == 2
+    (loss,) = http.get(f"/v1/jobs/{job_id}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"]
+    assert loss["steps"] == list(range(1, steps + 1))
+    _no_ranks_left(job_id)
+    return evs[i]
+
+
+def _no_ranks_left(job_id: str) -> None:
+    deadline = time.monotonic() + 30  # the last processes exit just after the end is recorded
+    while _ranks(job_id):
+        assert time.monotonic() < deadline, _ranks(job_id)
+        time.sleep(0.2)
+
+
 def test_a_killed_rank_ends_the_process_group_and_the_job_resumes(http, micro_models) -> None:
     spec = _spec(micro_models, TWO, steps=200, eval_every=0, checkpoint_every=25)
     job = http.post("/v1/jobs", json=spec).json()
@@ -124,16 +125,8 @@ def test_a_killed_rank_ends_the_process_group_and_the_job_resumes(http, micro_mo
     os.kill(ranks[1], signal.SIGKILL)
     to_lost, to_resumed = _seconds_to(http, job["id"], "lost", t0), _seconds_to(http, job["id"], "resumed", t0)
     print(f"drill: kill -9 rank 1 -> lost in {to_lost:.1f} s, resumed in {to_resumed:.1f} s")
-    done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded", timeout_s=300)
-    assert done["attempt"] == 2 and done["steps_done"] == 200
-    evs = events(http, job["id"])
-    kinds = [e["kind"] for e in evs]
-    i = kinds.index("lost")
-    assert kinds[i : i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
-    assert "process group ended without a result" in evs[i]["data"]["reason"]
-    assert evs[i + 3]["data"]["step"] >= 25 and evs[i + 3]["data"]["processes"] == 2
-    (loss,) = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"]
-    assert loss["steps"] == list(range(1, 201))
+    lost = _resumed_after_a_loss(http, job["id"], 200)
+    assert "process group ended without a result" in lost["data"]["reason"]
 
 
 def test_a_job_on_two_nodes_is_claimed_by_two_workers_and_runs_to_completion(http, micro_models) -> None:
@@ -159,19 +152,7 @@ def test_a_node_whose_worker_is_killed_loses_the_attempt_and_the_job_resumes(htt
     assert [n for n, _ in stack.restart_exited()] == ["worker-gpu2"]  # the machine comes back
     to_resumed = _seconds_to(http, job["id"], "resumed", t0)
     print(f"drill: kill -9 node 2's worker -> lost in {to_lost:.1f} s, resumed in {to_resumed:.1f} s")
-    done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded", timeout_s=300)
-    assert done["attempt"] == 2 and done["steps_done"] == 200
-    evs = events(http, job["id"])
-    kinds = [e["kind"] for e in evs]
-    i = kinds.index("lost")
-    assert kinds[i : i + 4] == ["lost", "queued", "claimed", "resumed"], kinds
-    assert evs[i + 3]["data"]["step"] >= 25
-    (loss,) = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"]
-    assert loss["steps"] == list(range(1, 201))
-    deadline = time.monotonic() + 30  # no rank of either attempt is left running once the last one exits
-    while _ranks(job["id"]):
-        assert time.monotonic() < deadline, _ranks(job["id"])
-        time.sleep(0.2)
+    _resumed_after_a_loss(http, job["id"], 200)
 
 
 def test_cancelling_a_job_on_two_processes_checkpoints_and_stops_every_rank(http, micro_models) -> None:
@@ -183,10 +164,7 @@ def test_cancelling_a_job_on_two_processes_checkpoints_and_stops_every_rank(http
     assert done["status"] == "cancelled"
     kinds = [e["kind"] for e in events(http, job["id"])]
     assert kinds[-3:] == ["cancel_requested", "checkpoint_saved", "cancelled"], kinds
-    deadline = time.monotonic() + 30
-    while _ranks(job["id"]):
-        assert time.monotonic() < deadline, _ranks(job["id"])
-        time.sleep(0.2)
+    _no_ranks_left(job["id"])
 
 
 def test_a_node_told_to_stop_stops_the_whole_job_which_is_released_and_resumes(http, stack, micro_models) -> None:

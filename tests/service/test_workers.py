@@ -17,45 +17,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
-from sqlalchemy import create_engine, text
 
 from rlad.service import LocalService
-from tests.service.conftest import PG_ADMIN, REDIS, free_port, model_roots_env, tiny_spec
+from tests.service.conftest import production_stack, tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    name = f"rlad_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    redis.Redis.from_url(REDIS).flushdb()
-    svc = LocalService(
-        tmp_path_factory.mktemp("stack"),
-        port=free_port(),
-        env={
-            "RLAD_DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0] + f"/{name}",
-            "RLAD_BROKER_URL": REDIS,
-            "RLAD_REAPER_INTERVAL_S": "1",
-            "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
-            "RLAD_HEARTBEAT_TIMEOUT_S": "30",
-            "RLAD_CANCEL_GRACE_S": "8",
-            "RLAD_METRICS_FLUSH_S": "0.5",
-            **model_roots_env(tmp_path_factory),
-        },
-    )
-    svc.start()
-    try:
+    env = {
+        "RLAD_REAPER_INTERVAL_S": "1",
+        "RLAD_HEARTBEAT_INTERVAL_S": "0.5",
+        "RLAD_HEARTBEAT_TIMEOUT_S": "30",
+        "RLAD_CANCEL_GRACE_S": "8",
+        "RLAD_METRICS_FLUSH_S": "0.5",
+    }
+    with production_stack(tmp_path_factory, "stack", env) as svc:
         yield svc
-    finally:
-        svc.stop()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        redis.Redis.from_url(REDIS).flushdb()
 
 
 @pytest.fixture(scope="module")
