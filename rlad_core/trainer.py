@@ -766,7 +766,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             # a causal LM's buffers (rotary frequencies) are the same on every rank and never change: no
             # broadcast before every forward (about 1 ms a step on gloo, bench/distributed_bench.py)
-            broadcast_buffers=False,
+            forward_sync_buffers=False,
         )
     if state is not None:
         if state.get("optimizer_format") == "dcp":  # DCP shards of a sharded run: resharded to this run
