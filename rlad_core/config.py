@@ -312,6 +312,15 @@ class TrainConfig(_Strict):
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
+    logprob_vocab_chunk: int | Literal["auto"] | None = Field(
+        default="auto",
+        description=(
+            "(ours) compute sampled-token log-probs from the last hidden states, applying the output head this "
+            "many vocabulary entries at a time (fp32 log-sum-exp over the chunks, recomputed in the backward), "
+            "so (B, T, V) fp32 logits never exist; null = one (B, T, V) tensor; auto = 32768 when the vocabulary "
+            "exceeds 65536 entries (Qwen: 151936), else null. Not with strategy fsdp (auto resolves to null)"
+        ),
+    )
 
     # --- checks --------------------------------------------------------------------------------------------------
     @field_validator("group_size")
@@ -350,6 +359,25 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"a run on {n} processes samples per prompt (batch streams depend on how the batch is split); "
                 "fix: set sampling_streams to per_prompt or auto"
+            )
+        return v
+
+    @field_validator("logprob_vocab_chunk", mode="before")
+    @classmethod
+    def _vocab_chunk_form(cls, v: Any) -> Any:
+        if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        raise ValueError(f"{v!r} is not a chunk size; fix: a number of vocabulary entries (e.g. 32768), auto or null")
+
+    @field_validator("logprob_vocab_chunk")
+    @classmethod
+    def _vocab_chunk(cls, v: int | str | None, info: ValidationInfo) -> int | str | None:
+        if isinstance(v, int) and not 1 <= v <= 1 << 24:
+            raise ValueError(f"{v} is not a chunk size; fix: a number of vocabulary entries, e.g. 32768, or auto")
+        if isinstance(v, int) and info.data.get("strategy") == "fsdp":
+            raise ValueError(
+                "the chunked output head reads the whole head weight, which strategy fsdp keeps sharded; "
+                "fix: set logprob_vocab_chunk to auto or null with fsdp"
             )
         return v
 

@@ -197,14 +197,18 @@ def train(
             # ===== 3. score the sampled tokens: old policy, teacher, reference (no grad) =================
             old_logp = teacher_logp = ref_logp = None
             if len(scores) and config.method != "sft":
-                chunk = config.resolved_micro_batch_size
                 args = (batch.input_ids, batch.attention_mask, batch.T)
+                scoring = {
+                    "chunk_size": config.resolved_micro_batch_size,
+                    "temperature": config.temperature,
+                    "vocab_chunk": run.vocab_chunk,
+                }
                 if config.needs_old_logp:
-                    old_logp = score_in_chunks(run.student, *args, chunk_size=chunk, temperature=config.temperature)
+                    old_logp = score_in_chunks(run.student, *args, **scoring)
                 if config.method in TEACHER_METHODS:
-                    teacher_logp = score_in_chunks(run.teacher, *args, chunk_size=chunk, temperature=config.temperature)
+                    teacher_logp = score_in_chunks(run.teacher, *args, **scoring)
                 if config.beta > 0:
-                    ref_logp = score_in_chunks(run.reference, *args, chunk_size=chunk, temperature=config.temperature)
+                    ref_logp = score_in_chunks(run.reference, *args, **scoring)
             t_scored = time.perf_counter()
 
             # ===== 4. update: mu epochs x mini-batches x micro-batches =================================
@@ -430,6 +434,7 @@ def _update_epochs(
                         batch.T,
                         temperature=config.temperature,
                         with_entropy=epoch == 0,
+                        vocab_chunk=run.vocab_chunk,
                     )
                     loss, m = _method_loss(
                         config,
@@ -628,6 +633,7 @@ class _Run:
     train_model: Any = None  # what the update runs forward through: the student, or its DDP wrapper
     sharded: bool = False  # strategy fsdp on several processes: the student's parameters are FSDP2 shards
     per_row_streams: bool = False  # sampling_streams resolved: one random stream per rollout row
+    vocab_chunk: int | None = None  # logprob_vocab_chunk resolved: the output head's vocabulary chunk, or whole
 
 
 def _resolve_device(name: str) -> str:
@@ -747,6 +753,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         train_model=student,
         per_row_streams=per_row_streams,
         sharded=sharded,
+        vocab_chunk=_vocab_chunk(config, student, sharded),
     )
     if per_row_streams and isinstance(run.engine, HFEngine):
         raise ConfigError(
@@ -785,6 +792,15 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     return run
+
+
+def _vocab_chunk(config: TrainConfig, student: torch.nn.Module, sharded: bool) -> int | None:
+    """`logprob_vocab_chunk` resolved: auto chunks a vocabulary of more than 65536 entries by 32768 (the
+    sharded head of an FSDP run is applied whole)."""
+    if config.logprob_vocab_chunk != "auto":
+        return config.logprob_vocab_chunk  # type: ignore[return-value]  # an int or None (validated)
+    vocab = int(getattr(student.config, "vocab_size", 0) or 0)
+    return 32768 if vocab > 65536 and not sharded else None
 
 
 class _StopRequests(Reporter):

@@ -62,12 +62,20 @@ def _spec(warm_dirs, method: str, **extra) -> dict:
     [
         ("grpo", {"micro_batch_size": 8}),  # one mini-batch; 1 process: micro-batches = the ranks' halves
         ("rlad", {"micro_batch_size": 8}),
-        ("rlad", {"mini_batch_size": 8, "micro_batch_size": 4, "inner_epochs": 2}),  # shuffled mini-batches
+        # shuffled mini-batches; the output head applied in vocabulary chunks (through DDP's forward)
+        ("rlad", {"mini_batch_size": 8, "micro_batch_size": 4, "inner_epochs": 2, "logprob_vocab_chunk": 7}),
         ("grpo", {"micro_batch_size": 8, "strategy": "fsdp"}),
         ("rlad", {"micro_batch_size": 8, "strategy": "fsdp", "teacher_sharding": "shard"}),
         ("rlad", {"mini_batch_size": 8, "micro_batch_size": 4, "inner_epochs": 2, "strategy": "fsdp"}),
     ],
-    ids=["ddp-grpo", "ddp-rlad", "ddp-rlad-minibatches", "fsdp-grpo", "fsdp-rlad-sharded-teacher", "fsdp-rlad-mb"],
+    ids=[
+        "ddp-grpo",
+        "ddp-rlad",
+        "ddp-rlad-minibatches-vocab-chunks",
+        "fsdp-grpo",
+        "fsdp-rlad-sharded-teacher",
+        "fsdp-rlad-mb",
+    ],
 )
 def test_two_processes_match_one_process(tmp_path, warm_dirs, method, layout):
     spec = _spec(warm_dirs, method, **layout)

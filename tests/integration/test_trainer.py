@@ -249,3 +249,32 @@ def test_student_is_scored_in_eval_mode_and_updated_in_the_configured_mode(
     train(config(tmp_path, warm_dirs, steps=2, inner_epochs=2, train_dropout=train_dropout))
     assert modes["score"] == {False} and modes["generate"] == {False}
     assert modes["update"] == {train_dropout}
+
+
+@pytest.mark.parametrize("method", ["grpo", "rlad"])
+def test_a_run_with_the_chunked_output_head_is_the_plain_run(tmp_path, warm_dirs, method):
+    """float64, mini-batches (old policy scored separately) and a teacher: every metric and the trained weights
+    equal those of the run that materialises the whole (B, T, V) logits."""
+    from rlad_core.models import load_model
+
+    runs = {}
+    for chunk in (None, 7):
+        rep = MemoryReporter()
+        spec = warm_spec(
+            warm_dirs,
+            method=method,
+            dtype="float64",
+            mini_batch_size=8,
+            logprob_vocab_chunk=chunk,
+            checkpoint_every=3,
+            output_dir=str(tmp_path / str(chunk)),
+        )
+        result = train(parse_config(spec), reporter=rep)
+        runs[chunk] = (rep.train_metrics(), load_model(str(result.checkpoint), dtype="float64"))
+    (plain, plain_model), (chunked, chunked_model) = runs[None], runs[7]
+    for step, values in plain.items():
+        for key, value in values.items():
+            if not key.startswith("time/") and key != "tokens_per_s":  # wall-clock rates differ
+                assert chunked[step][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (step, key)
+    for (name, a), b in zip(plain_model.named_parameters(), chunked_model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)

@@ -94,3 +94,58 @@ def test_completion_logprobs_with_left_padding_match_unpadded_rows():
     with torch.no_grad():
         hot, _ = completion_logprobs(model, ids, attn, 3, temperature=2.0)
     assert not torch.allclose(hot, logp)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_vocab_chunked_logprobs_equal_the_plain_ones_with_their_gradients(tmp_path, temperature):
+    """fp64: the log-probs, entropies and every parameter's gradient of the chunked head (chunks that do not
+    divide the vocabulary, a single chunk) are the plain ones to rounding."""
+    model = load_model(str(save_tiny_model(tmp_path / "m", "micro", seed=0)), dtype="float64")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 60, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    weights = torch.randn(3, 4, generator=g, dtype=torch.float64)
+
+    def run(vocab_chunk):
+        model.zero_grad()
+        logp, entropy = completion_logprobs(
+            model, ids, mask, 4, temperature=temperature, with_entropy=True, vocab_chunk=vocab_chunk
+        )
+        (logp * weights).sum().backward()
+        return logp.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = run(None)
+    vocab = model.config.vocab_size
+    for chunk in (5, 7, vocab, 10 * vocab):
+        chunked = run(chunk)
+        assert chunked[0].dtype == torch.float64
+        torch.testing.assert_close(chunked[0], plain[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(chunked[1], plain[1], rtol=0, atol=1e-12)
+        for name, grad in plain[2].items():
+            torch.testing.assert_close(chunked[2][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_the_chunked_head_passes_gradcheck_with_a_bias():
+    from rlad_core.scoring import VocabChunkedLogprob
+
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(11, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.tensor([0, 10, 4, 5, 9])
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: VocabChunkedLogprob.apply(h, w, b, targets, 0.8, 4), (hidden, weight, bias)
+    )
+    plain = torch.log_softmax((hidden @ weight.T + bias) / 0.8, -1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(VocabChunkedLogprob.apply(hidden, weight, bias, targets, 0.8, 4), plain)
+
+
+def test_bf16_models_score_in_fp32_chunked_or_not(tmp_path):
+    """bf16 matmuls on CPU; the log-softmax runs in fp32 either way, so the two agree to fp32 rounding."""
+    model = load_model(str(save_tiny_model(tmp_path / "m", "micro", seed=0)), dtype="bfloat16")
+    ids = torch.randint(3, 60, (2, 8), generator=torch.Generator().manual_seed(2))
+    plain, _ = completion_logprobs(model, ids, torch.ones_like(ids), 4)
+    chunked, _ = completion_logprobs(model, ids, torch.ones_like(ids), 4, vocab_chunk=16)
+    assert plain.dtype == chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-5)
