@@ -312,6 +312,14 @@ class TrainConfig(_Strict):
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description=(
+            "recompute the student's decoder layers in the backward instead of keeping their activations "
+            "(Hugging Face gradient checkpointing, non-reentrant): less memory in the update, about one more "
+            "forward of time; sampling and scoring are unaffected"
+        ),
+    )
     logprob_vocab_chunk: int | Literal["auto"] | None = Field(
         default="auto",
         description=(

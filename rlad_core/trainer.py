@@ -372,6 +372,11 @@ def _update(
     """mu epochs over the batch; one optimizer step per mini-batch; gradients accumulated over micro-batches."""
     # the student is scored and samples in eval mode (no dropout); train mode only for the update, if asked
     run.student.train(config.train_dropout)
+    if config.gradient_checkpointing:
+        # Hugging Face checkpoints a decoder layer only while it is in training mode: the layers themselves
+        # are, not their submodules, so dropout stays as train_dropout says
+        for layer in _decoder_layers(run.student):
+            layer.training = True
     try:
         return _update_epochs(config, run, batch, advantages_B, old_logp, teacher_logp, ref_logp, step)
     finally:
@@ -706,6 +711,17 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         teacher = load_model(config.teacher, dtype=config.dtype, device=device).eval().requires_grad_(False)
     student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
     student.eval()  # train mode (dropout) only inside the update, and only with config.train_dropout
+    if config.gradient_checkpointing:
+        if not student.supports_gradient_checkpointing:
+            raise ConfigError(
+                [
+                    (
+                        "gradient_checkpointing",
+                        f"{type(student).__name__} does not support gradient checkpointing; fix: set it to false",
+                    )
+                ]
+            )
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.beta > 0:
         reference = (
             load_model(config.reference or config.student, dtype=config.dtype, device=device)
@@ -792,6 +808,13 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     return run
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules Hugging Face's activation checkpointing recomputes (its `GradientCheckpointingLayer`s)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 def _vocab_chunk(config: TrainConfig, student: torch.nn.Module, sharded: bool) -> int | None:

@@ -278,3 +278,41 @@ def test_a_run_with_the_chunked_output_head_is_the_plain_run(tmp_path, warm_dirs
                 assert chunked[step][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (step, key)
     for (name, a), b in zip(plain_model.named_parameters(), chunked_model.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_changes_nothing_else(tmp_path, warm_dirs):
+    """float64 rlad: the same metrics and weights with and without it; with it, each decoder layer's attention
+    runs twice per update forward (again in the backward's recompute), and stays in eval mode (no dropout)."""
+    from rlad_core.models import load_model
+
+    calls: list[bool] = []
+
+    def count(module, _inputs):  # layers are recomputed through `forward`: their submodules' hooks fire again
+        if type(module).__name__.endswith("Attention") and torch.is_grad_enabled():
+            calls.append(module.training)
+
+    runs = {}
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        for ckpt in (False, True):
+            calls.clear()
+            rep = MemoryReporter()
+            spec = warm_spec(
+                warm_dirs,
+                dtype="float64",
+                gradient_checkpointing=ckpt,
+                checkpoint_every=3,
+                output_dir=str(tmp_path / str(ckpt)),
+            )
+            result = train(parse_config(spec), reporter=rep)
+            runs[ckpt] = (rep.train_metrics(), load_model(str(result.checkpoint), dtype="float64"), len(calls))
+    finally:
+        handle.remove()
+    (plain, plain_model, plain_calls), (ckpt, ckpt_model, ckpt_calls) = runs[False], runs[True]
+    assert plain_calls > 0 and ckpt_calls == 2 * plain_calls and not any(calls)  # (calls: the checkpointed run)
+    for step, values in plain.items():
+        for key, value in values.items():
+            if not key.startswith("time/") and key != "tokens_per_s":
+                assert ckpt[step][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (step, key)
+    for (name, a), b in zip(plain_model.named_parameters(), ckpt_model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
