@@ -312,6 +312,14 @@ class TrainConfig(_Strict):
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
+    memory_check: bool = Field(
+        default=True,
+        description=(
+            "(ours) refuse to start when the run's memory estimate (weights, gradients, AdamW, the rollouts' KV "
+            "cache, the update's activations and logits; printed in the started event) exceeds the device's "
+            "free memory; false: try anyway"
+        ),
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description=(

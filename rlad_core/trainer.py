@@ -61,6 +61,9 @@ from rlad_core.distributed import (
     sharded_optimizer_state,
 )
 from rlad_core.evaluate import aggregate, evaluate_examples, sample_seeds
+from rlad_core.memory import GIB, MemoryEstimate, Shape, device_capacity
+from rlad_core.memory import estimate as estimate_memory
+from rlad_core.memory import fixes as memory_fixes
 from rlad_core.models import (
     check_tokenizers_compatible,
     decode_completions,
@@ -152,6 +155,7 @@ def train(
         method=config.method,
         checkpoint=str(run.resumed_from) if run.resumed_from else None,
         processes=world.size,
+        memory_gib=run.memory.parts() if run.memory is not None else None,
     )
     if config.eval_every and run.start_step == 0:
         with full_weights(run.student if run.sharded else None):
@@ -639,6 +643,7 @@ class _Run:
     sharded: bool = False  # strategy fsdp on several processes: the student's parameters are FSDP2 shards
     per_row_streams: bool = False  # sampling_streams resolved: one random stream per rollout row
     vocab_chunk: int | None = None  # logprob_vocab_chunk resolved: the output head's vocabulary chunk, or whole
+    memory: MemoryEstimate | None = None  # the estimate checked before the models loaded
 
 
 def _resolve_device(name: str) -> str:
@@ -705,6 +710,11 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
 
     task = get_task(config.task.name, **config.task.model_dump(exclude={"name"}))
     tokenizer = load_tokenizer(config.student)
+    pool = task.examples(
+        min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train"
+    )
+    eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
+    memory = _check_memory(config, str(resume_path or config.student), tokenizer, pool, eval_examples, world, device)
     teacher = reference = None
     if config.needs_teacher:
         check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
@@ -744,11 +754,6 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         fused=not sharded and (device.startswith("cuda") or device == "cpu"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    pool = task.examples(
-        min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train"
-    )
-    eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
-
     run = _Run(
         task=task,
         tokenizer=tokenizer,
@@ -769,7 +774,8 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         train_model=student,
         per_row_streams=per_row_streams,
         sharded=sharded,
-        vocab_chunk=_vocab_chunk(config, student, sharded),
+        vocab_chunk=_vocab_chunk(config, int(getattr(student.config, "vocab_size", 0) or 0), sharded),
+        memory=memory,
     )
     if per_row_streams and isinstance(run.engine, HFEngine):
         raise ConfigError(
@@ -810,6 +816,50 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     return run
 
 
+def _check_memory(
+    config: TrainConfig,
+    student_path: str,
+    tokenizer: Any,
+    pool: Sequence[Example],
+    eval_examples: Sequence[Example],
+    world: World,
+    device: str,
+) -> MemoryEstimate:
+    """The run's memory estimate (rlad_core.memory), from the models' configs; a `ConfigError` naming what
+    would make it fit when it exceeds the device's free memory (unless memory_check is false)."""
+    from transformers import AutoConfig
+
+    student_cfg = AutoConfig.from_pretrained(student_path)
+    teacher = Shape.from_config(AutoConfig.from_pretrained(config.teacher)) if config.needs_teacher else None
+    sample = [e.prompt for e in [*pool[:256], *eval_examples[:256]]]
+    prompt_ids = encode_prompts(tokenizer, sample, use_chat_template=config.use_chat_template)
+    prompt_tokens = max((len(ids) for ids in prompt_ids), default=0)
+    sharded = world.distributed and config.strategy == "fsdp"
+    est = estimate_memory(
+        config,
+        student=Shape.from_config(student_cfg),
+        teacher=teacher,
+        reference=config.beta > 0,
+        prompt_tokens=prompt_tokens,
+        world_size=world.size,
+        vocab_chunk=_vocab_chunk(config, int(getattr(student_cfg, "vocab_size", 0) or 0), sharded),
+    )
+    free = device_capacity(device)
+    if config.memory_check and free is not None and est.total > free:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in est.parts().items() if k != "total")
+        raise ConfigError(
+            [
+                (
+                    "memory_check",
+                    f"the run needs about {est.total / GIB:.1f} GiB per process on {device} ({parts} GiB) and "
+                    f"{free / GIB:.1f} GiB are free; fix: {', '.join(memory_fixes(config, est))}; or "
+                    "memory_check: false to try anyway",
+                )
+            ]
+        )
+    return est
+
+
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules Hugging Face's activation checkpointing recomputes (its `GradientCheckpointingLayer`s)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -817,12 +867,11 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _vocab_chunk(config: TrainConfig, student: torch.nn.Module, sharded: bool) -> int | None:
+def _vocab_chunk(config: TrainConfig, vocab: int, sharded: bool) -> int | None:
     """`logprob_vocab_chunk` resolved: auto chunks a vocabulary of more than 65536 entries by 32768 (the
     sharded head of an FSDP run is applied whole)."""
     if config.logprob_vocab_chunk != "auto":
         return config.logprob_vocab_chunk  # type: ignore[return-value]  # an int or None (validated)
-    vocab = int(getattr(student.config, "vocab_size", 0) or 0)
     return 32768 if vocab > 65536 and not sharded else None
 
 

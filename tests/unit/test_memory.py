@@ -1,0 +1,63 @@
+"""The memory estimate (rlad_core.memory) and the trainer's refusal to start a run that cannot fit."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoConfig
+
+from rlad_core.config import ConfigError, parse_config
+from rlad_core.memory import GIB, Shape, estimate
+from rlad_core.models import TINY_SIZES, load_model, save_tiny_model
+from rlad_core.reporting import MemoryReporter
+from rlad_core.trainer import train
+
+QWEN3_0_6B = Shape(
+    vocab=151936, hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072, tied=True
+)
+
+
+@pytest.mark.parametrize("size", list(TINY_SIZES))
+def test_parameter_counts_from_the_config_are_exact_for_llama_models(tmp_path, size):
+    path = save_tiny_model(tmp_path / size, size)
+    assert Shape.from_config(AutoConfig.from_pretrained(path)).params == sum(
+        p.numel() for p in load_model(str(path)).parameters()
+    )
+
+
+def test_each_memory_option_lowers_the_part_it_is_for():
+    base = {"student": "s", "method": "grpo", "dtype": "bfloat16", "batch_size": 256, "max_new_tokens": 4096}
+    kw = {"student": QWEN3_0_6B, "teacher": None, "reference": False, "prompt_tokens": 200}
+    plain = estimate(parse_config({**base, "micro_batch_size": 16}), **kw)
+    # Qwen3-0.6B (~0.6B parameters incl. the tied embedding) in bf16: about 1.1 GiB of weights, AdamW twice that
+    assert 1.0 < plain.weights / GIB < 1.3 and plain.optimizer == 2 * plain.weights == 2 * plain.gradients
+    ckpt = estimate(parse_config({**base, "micro_batch_size": 16, "gradient_checkpointing": True}), **kw)
+    chunked = estimate(parse_config({**base, "micro_batch_size": 16}), **kw, vocab_chunk=32768)
+    smaller = estimate(parse_config({**base, "micro_batch_size": 4}), **kw)
+    assert ckpt.update < plain.update and chunked.update < plain.update and smaller.update < plain.update
+    assert ckpt.rollout == plain.rollout  # sampling does not depend on the update's options
+    fsdp = estimate(parse_config({**base, "strategy": "fsdp"}), **kw, world_size=4)
+    ddp = estimate(parse_config({**base, "strategy": "ddp"}), **kw, world_size=4)
+    assert fsdp.optimizer * 4 == ddp.optimizer and fsdp.rollout == ddp.rollout < plain.rollout
+
+
+def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(tmp_path):
+    student = save_tiny_model(tmp_path / "s", "micro")
+    spec = {"student": str(student), "method": "grpo", "batch_size": 4096, "group_size": 8, "steps": 1}
+    spec |= {"max_new_tokens": 1 << 20, "output_dir": str(tmp_path / "run"), "device": "cpu"}
+    with pytest.raises(ConfigError) as info:
+        train(parse_config(spec))
+    ((field, message),) = info.value.errors
+    assert field == "memory_check" and "GiB are free" in message and "gradient_checkpointing: true" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_estimate_is_reported_when_the_run_starts(tmp_path):
+    student = save_tiny_model(tmp_path / "s", "micro")
+    spec = {"student": str(student), "method": "grpo", "batch_size": 8, "group_size": 4, "steps": 1}
+    spec |= {"max_new_tokens": 8, "output_dir": str(tmp_path / "run"), "eval_every": 0, "checkpoint_every": 0}
+    rep = MemoryReporter()
+    train(parse_config(spec), reporter=rep)
+    started = next(data for kind, data in rep.events if kind == "started")
+    parts = started["memory_gib"]
+    assert set(parts) == {"weights", "gradients", "optimizer", "rollout", "update", "runtime", "total"}
+    assert 0 < parts["weights"] < parts["total"]
