@@ -192,7 +192,11 @@ class JobReporter(Reporter):
             def mark() -> None:
                 with session_scope() as s:
                     job_store.mark_running(
-                        s, job_id=self.job_id, resumed_from_step=resumed_from, processes=data.get("processes", 1)
+                        s,
+                        job_id=self.job_id,
+                        resumed_from_step=resumed_from,
+                        processes=data.get("processes", 1),
+                        memory_gib=data.get("memory_gib"),
                     )
 
             retry_unavailable(mark, what=f"job {self.job_id}: {kind}")

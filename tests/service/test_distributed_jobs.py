@@ -85,7 +85,7 @@ def test_a_job_on_two_processes_runs_under_torchrun(http, micro_models) -> None:
     assert done["steps_done"] == 4 and done["attempt"] == 1
     evs = events(http, job["id"])
     started = next(e for e in evs if e["kind"] == "started")
-    assert started["data"]["processes"] == 2
+    assert started["data"]["processes"] == 2 and started["data"]["memory_gib"]["total"] > 0  # per process
     ckpts = http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
     assert [c["step"] for c in ckpts] == [2, 4]
     (loss,) = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss"}).json()["series"]
