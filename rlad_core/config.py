@@ -311,6 +311,19 @@ class TrainConfig(_Strict):
         default="float32", description="model weights and compute dtype (float64: for exactness checks)"
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
+    teacher_dtype: Literal["float32", "bfloat16", "float16", "float64"] | None = Field(
+        default=None,
+        description="the teacher's (and reference's) weights dtype; default: dtype (scoring runs its log-softmax "
+        "in fp32 either way)",
+    )
+    teacher_device: str | None = Field(
+        default=None,
+        max_length=16,
+        description=(
+            "where the teacher (and reference) run, in inference mode: default the student's device; cpu "
+            "offloads them (no accelerator memory, slower scoring); cuda:N another GPU of a one-process run"
+        ),
+    )
     threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads (default: torch's choice)")
     memory_check: bool = Field(
         default=True,
@@ -349,10 +362,10 @@ class TrainConfig(_Strict):
             )
         return v
 
-    @field_validator("device")
+    @field_validator("device", "teacher_device")
     @classmethod
-    def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v):
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v):
             raise ValueError(f"{v!r} is not a device; fix: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
         return v
 
@@ -441,6 +454,11 @@ class TrainConfig(_Strict):
             if self.method == "sft":
                 fix += ", or use sft_source: reference"
             raise ValueError(f"method {self.method!r} needs a teacher but teacher is not set; fix: {fix}")
+        if self.teacher_device not in (None, "auto") and self.teacher_sharding == "shard":
+            raise ValueError(
+                "teacher_device and teacher_sharding shard both place the teacher; fix: drop teacher_device, or "
+                "use teacher_sharding replicate"
+            )
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}; fix: lower warmup_steps")
         return self

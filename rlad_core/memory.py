@@ -2,7 +2,8 @@
 
 Per process, in bytes:
 
-    weights      student + teacher + reference parameters (FSDP: the student's shard; a sharded teacher's)
+    weights      student + teacher + reference parameters (FSDP: the student's shard; a sharded teacher's; a
+                 teacher on another device (`teacher_device`) is not counted)
     gradients    one per trainable student parameter, in its dtype
     optimizer    AdamW's two moments per trainable parameter, in its dtype
     rollout      the KV cache of this process's rollout rows (prompt + max_new_tokens) + their last logits (the
@@ -99,9 +100,12 @@ def estimate(
     sharded = world_size > 1 and config.strategy == "fsdp"
     share = world_size if sharded else 1
     student_bytes = student.params * b
-    weights = student_bytes // share + (student_bytes if reference else 0) // share
-    if teacher is not None:
-        weights += teacher.params * b // (share if config.teacher_sharding == "shard" else 1)
+    weights = student_bytes // share
+    if config.teacher_device in (None, "auto"):  # a teacher offloaded to another device is not counted here
+        tb = DTYPE_BYTES[config.teacher_dtype or config.dtype]
+        frozen_share = share if config.teacher_sharding == "shard" else 1
+        weights += (student.params * tb if reference else 0) // frozen_share
+        weights += (teacher.params * tb if teacher is not None else 0) // frozen_share
     gradients = student_bytes // share
     optimizer = 2 * student_bytes // share
 

@@ -229,14 +229,17 @@ def score_in_chunks(
     """`completion_logprobs` without gradient over row chunks of at most `chunk_size`: (B, L) -> (B, T).
 
     Runs under `inference_mode` (no autograd bookkeeping at all); the result is cloned out of it so that the
-    loss may use it next to tensors that carry gradients.
+    loss may use it next to tensors that carry gradients. A model on another device than the rows (a teacher
+    offloaded to the CPU or on another GPU) gets them there; the log-probs come back to the rows' device.
     """
+    where = next(model.parameters()).device
+    ids, mask = input_ids.to(where), attention_mask.to(where)
     with torch.inference_mode():
         parts = [
             completion_logprobs(
                 model,
-                input_ids[i : i + chunk_size],
-                attention_mask[i : i + chunk_size],
+                ids[i : i + chunk_size],
+                mask[i : i + chunk_size],
                 num_completion_tokens,
                 temperature=temperature,
                 vocab_chunk=vocab_chunk,
@@ -244,4 +247,4 @@ def score_in_chunks(
             for i in range(0, input_ids.shape[0], chunk_size)
         ]
         out = torch.cat(parts, dim=0)
-    return out.clone()
+    return out.to(input_ids.device).clone()

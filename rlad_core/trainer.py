@@ -715,10 +715,11 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     )
     eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
     memory = _check_memory(config, str(resume_path or config.student), tokenizer, pool, eval_examples, world, device)
+    teacher_dtype, teacher_device = config.teacher_dtype or config.dtype, _teacher_device(config, world, device)
     teacher = reference = None
     if config.needs_teacher:
         check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
-        teacher = load_model(config.teacher, dtype=config.dtype, device=device).eval().requires_grad_(False)
+        teacher = load_model(config.teacher, dtype=teacher_dtype, device=teacher_device).eval().requires_grad_(False)
     student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
     student.eval()  # train mode (dropout) only inside the update, and only with config.train_dropout
     if config.gradient_checkpointing:
@@ -734,7 +735,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.beta > 0:
         reference = (
-            load_model(config.reference or config.student, dtype=config.dtype, device=device)
+            load_model(config.reference or config.student, dtype=teacher_dtype, device=teacher_device)
             .eval()
             .requires_grad_(False)
         )
@@ -858,6 +859,24 @@ def _check_memory(
             ]
         )
     return est
+
+
+def _teacher_device(config: TrainConfig, world: World, device: str) -> str:
+    """Where the teacher and reference load: the student's device unless `teacher_device` says otherwise (cpu
+    anywhere; a named GPU only in a one-process run: each rank has its own)."""
+    if config.teacher_device in (None, "auto"):
+        return device
+    if world.distributed and config.teacher_device.startswith("cuda"):
+        raise ConfigError(
+            [
+                (
+                    "teacher_device",
+                    f"{config.teacher_device!r}: each of the {world.size} processes has its own GPU; fix: leave it "
+                    "unset (the process's GPU) or use cpu",
+                )
+            ]
+        )
+    return _resolve_device(config.teacher_device)
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from transformers import AutoConfig
 
@@ -61,3 +63,42 @@ def test_the_estimate_is_reported_when_the_run_starts(tmp_path):
     parts = started["memory_gib"]
     assert set(parts) == {"weights", "gradients", "optimizer", "rollout", "update", "runtime", "total"}
     assert 0 < parts["weights"] < parts["total"]
+
+
+def test_the_teachers_dtype_and_device_change_what_the_students_device_holds():
+    base = {"student": "s", "teacher": "t", "method": "rlad", "dtype": "float32"}
+    kw = {"student": QWEN3_0_6B, "teacher": QWEN3_0_6B, "reference": False, "prompt_tokens": 100}
+    same = estimate(parse_config(base), **kw)
+    half = estimate(parse_config({**base, "teacher_dtype": "bfloat16"}), **kw)
+    away = estimate(parse_config({**base, "teacher_device": "cpu"}), **kw)
+    student_weights = away.weights
+    assert same.weights == 2 * student_weights and half.weights == student_weights + student_weights // 2
+
+
+def test_a_teacher_in_another_dtype_on_the_cpu_scores_for_a_student(tmp_path):
+    """rlad with an fp32 student and a bf16 teacher (and reference) placed explicitly on the CPU."""
+    import torch
+
+    from rlad_core.trainer import _setup
+
+    student = save_tiny_model(tmp_path / "s", "micro", seed=0)
+    teacher = save_tiny_model(tmp_path / "t", "micro", seed=1)
+    spec = {"student": str(student), "teacher": str(teacher), "method": "rlad", "beta": 0.01, "device": "cpu"}
+    spec |= {"teacher_dtype": "bfloat16", "teacher_device": "cpu", "batch_size": 8, "group_size": 4, "steps": 2}
+    spec |= {"max_new_tokens": 8, "output_dir": str(tmp_path / "run"), "eval_every": 0, "checkpoint_every": 0}
+    config = parse_config(spec)
+    run = _setup(config, None)
+    assert run.teacher.dtype == run.reference.dtype == torch.bfloat16 and run.student.dtype == torch.float32
+    rep = MemoryReporter()
+    train(config, reporter=rep)
+    rows = rep.train_metrics()
+    assert sorted(rows) == [1, 2] and all(math.isfinite(r["teacher_gap"]) for r in rows.values())
+
+
+def test_teacher_placement_errors_name_the_field():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"student": "s", "teacher": "t", "teacher_device": "gpu0"})
+    assert info.value.errors[0][0] == "teacher_device"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"student": "s", "teacher": "t", "teacher_device": "cpu", "teacher_sharding": "shard"})
+    assert "teacher_sharding" in info.value.errors[0][1]
