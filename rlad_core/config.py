@@ -308,7 +308,12 @@ class TrainConfig(_Strict):
         ),
     )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
-        default="float32", description="model weights and compute dtype (float64: for exactness checks)"
+        default="float32",
+        description=(
+            "model weights and compute dtype (float64: for exactness checks). bfloat16/float16: the student "
+            "samples, scores and trains in it while AdamW updates fp32 master weights with fp32 moments (one "
+            "process or DDP; with strategy fsdp the shards and moments stay in this dtype)"
+        ),
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")
     teacher_dtype: Literal["float32", "bfloat16", "float16", "float64"] | None = Field(

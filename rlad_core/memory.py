@@ -5,7 +5,8 @@ Per process, in bytes:
     weights      student + teacher + reference parameters (FSDP: the student's shard; a sharded teacher's; a
                  teacher on another device (`teacher_device`) is not counted)
     gradients    one per trainable student parameter, in its dtype
-    optimizer    AdamW's two moments per trainable parameter, in its dtype
+    optimizer    AdamW's two moments per trainable parameter, in its dtype; a half-precision student (one
+                 process or DDP) adds fp32 masters and keeps the moments and a gradient copy in fp32
     rollout      the KV cache of this process's rollout rows (prompt + max_new_tokens) + their last logits (the
                  fast and hf engines sample the whole batch at once; vLLM's own cache is not counted)
     update       a micro-batch's activations (every layer's, or with gradient checkpointing one input per
@@ -108,6 +109,9 @@ def estimate(
         weights += (teacher.params * tb if teacher is not None else 0) // frozen_share
     gradients = student_bytes // share
     optimizer = 2 * student_bytes // share
+    if b < 4 and not sharded:  # fp32 masters (rlad_core.precision): fp32 moments, the masters, fp32 gradients
+        optimizer = 3 * student.params * 4
+        gradients += student.params * 4
 
     T, S = config.max_new_tokens, prompt_tokens + config.max_new_tokens
     rows = config.batch_size // world_size

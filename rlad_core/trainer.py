@@ -71,6 +71,7 @@ from rlad_core.models import (
     load_model,
     load_tokenizer,
 )
+from rlad_core.precision import HALF, MasterWeights
 from rlad_core.reporting import Reporter
 from rlad_core.rollout import HFEngine, RolloutEngine, SamplingParams, make_engine
 from rlad_core.scoring import completion_logprobs, score_in_chunks
@@ -426,7 +427,7 @@ def _update_epochs(
             mini_tokens = world.sum([float(mask[mine.to(mask.device)].sum())])[0]
             chunks = list(mine.split(micro)) if len(mine) else []
             n_micro = int(world.max([len(chunks)])[0])
-            run.optimizer.zero_grad(set_to_none=True)
+            _zero_grads(run)
             finite = True
             for k in range(n_micro):
                 # DDP reduces gradients on the last backward of the mini-batch only
@@ -464,15 +465,19 @@ def _update_epochs(
                     m["entropy"] = float((entropy * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
                 stats.add(m, weight)
             finite = world.min([float(finite)])[0] > 0
+            if run.masters is not None:
+                run.masters.take_grads()
             grad_norm = local_value(torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip or float("inf")))
             stats.add({"grad_norm": float(grad_norm)}, 1.0 / n_mini / config.inner_epochs)
             if not finite or not torch.isfinite(grad_norm):
                 # skip the optimizer step: a NaN/inf would poison the weights and AdamW's moments
-                run.optimizer.zero_grad(set_to_none=True)
+                _zero_grads(run)
                 skipped = True
                 continue
             run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+            if run.masters is not None:
+                run.masters.publish()
+    _zero_grads(run)
     if world.distributed:
         stats = _MetricAccumulator.merged(world.gather(stats))
     return {"skipped": skipped, **stats.result()}
@@ -488,6 +493,12 @@ def _row_order(config: TrainConfig, run: _Run, n: int, n_mini: int, step: int, e
         return torch.randperm(n)
     g = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1_000_033 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def _zero_grads(run: _Run) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.masters is not None:
+        run.masters.zero_model_grads()
 
 
 def _zero_weight_pass(model: torch.nn.Module, batch: Batch) -> None:
@@ -644,6 +655,7 @@ class _Run:
     per_row_streams: bool = False  # sampling_streams resolved: one random stream per rollout row
     vocab_chunk: int | None = None  # logprob_vocab_chunk resolved: the output head's vocabulary chunk, or whole
     memory: MemoryEstimate | None = None  # the estimate checked before the models loaded
+    masters: MasterWeights | None = None  # fp32 masters of a half-precision student (rlad_core.precision)
 
 
 def _resolve_device(name: str) -> str:
@@ -747,6 +759,10 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             if frozen is not None:
                 shard_model(frozen)
     params = [p for p in student.parameters() if p.requires_grad]
+    masters = None
+    if not sharded and params and params[0].dtype in HALF:
+        masters = MasterWeights(params)  # AdamW updates fp32 copies; the model keeps half precision
+        params = masters.masters
     optimizer = torch.optim.AdamW(
         params,
         lr=config.lr,
@@ -777,6 +793,7 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         sharded=sharded,
         vocab_chunk=_vocab_chunk(config, int(getattr(student.config, "vocab_size", 0) or 0), sharded),
         memory=memory,
+        masters=masters,
     )
     if per_row_streams and isinstance(run.engine, HFEngine):
         raise ConfigError(
@@ -807,6 +824,13 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             load_full_optimizer(student, optimizer, optimizer_state_by_name(student, state["optimizer"]))
         else:
             optimizer.load_state_dict(state["optimizer"])
+        if state.get("master_weights") is not None and not sharded:  # the exact fp32 values of a half run
+            if masters is not None:
+                masters.load(state["master_weights"])
+            else:
+                with torch.no_grad():
+                    for p, t in zip(params, state["master_weights"], strict=True):
+                        p.copy_(t)
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         run.start_step, run.resumed_from = state["step"], resume_path
@@ -1070,6 +1094,7 @@ def _checkpoint(
         "data_position": step * config.prompts_per_step,
         "optimizer": None if run.sharded else run.optimizer.state_dict(),
         "optimizer_format": "dcp" if run.sharded else "by_index",
+        "master_weights": run.masters.state() if run.masters is not None else None,
         "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(),
         "config": config.to_json_dict(),

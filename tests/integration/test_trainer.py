@@ -92,8 +92,10 @@ def test_first_inner_step_ratio_is_not_one_with_a_teacher(tmp_path, warm_dirs):
     assert g["clip_frac_low"] == 0.0 and g["clip_frac_high"] == 0.0
 
 
-def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, warm_dirs):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the fp32 masters are resumed too
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, warm_dirs, dtype):
     common = {
+        "dtype": dtype,
         "steps": 4,
         "checkpoint_every": 2,
         "inner_epochs": 2,
