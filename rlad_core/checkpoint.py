@@ -5,6 +5,8 @@ Layout of `<root>/step-<n>/`:
     trainer_state.pt     optimizer, LR scheduler, RNG states, step, data position, job config
     optimizer/           (FSDP runs) the optimizer state instead, each process's shards written by it with
                          torch.distributed.checkpoint (DCP); loads resharded on any number of processes
+    (LoRA students)      adapter_config.json + adapter_model.safetensors instead of the full weights (loads with
+                         from_pretrained, peft installed), and with merge_lora_on_save merged/: a plain model
     manifest.json        step, created time, metrics snapshot and the sha256 and size of every file
 
 A checkpoint is written into a hidden temporary directory next to its final place and renamed into place
@@ -35,6 +37,7 @@ from rlad_core.layout import MANIFEST, ManifestMismatch, list_steps, replace_dir
 
 TRAINER_STATE = "trainer_state.pt"
 SHARDED_OPTIMIZER = "optimizer"  # a sharded run's optimizer state: a torch.distributed.checkpoint directory
+MERGED = "merged"  # a LoRA student's weights with the adapters merged in (merge_lora_on_save): a plain HF model
 
 
 class CheckpointError(RuntimeError):
@@ -138,21 +141,21 @@ def save_checkpoint(
     metrics: Mapping[str, float] | None = None,
     reserve_bytes: int = 0,
     state_dict: Mapping[str, torch.Tensor] | None = None,
-    write_shards: Callable[[Path], None] | None = None,
-    shard_bytes: int = 0,
+    write_extra: Callable[[Path], None] | None = None,
+    extra_bytes: int = 0,
 ) -> Path:
     """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced.
     `state_dict`: the model's weights when `model` does not hold them whole (gathered from FSDP shards).
-    `write_shards(tmp)`: first, writes what every process of a sharded run holds into the temporary directory
-    (the optimizer state with torch.distributed.checkpoint, `SHARDED_OPTIMIZER`), `shard_bytes` in all; the
-    manifest then covers those files too.
+    `write_extra(tmp)`: first, writes more files into the temporary directory, `extra_bytes` in all: what every
+    process of a sharded run holds (the optimizer state with torch.distributed.checkpoint, `SHARDED_OPTIMIZER`),
+    or a LoRA student's merged weights (`MERGED`); the manifest then covers those files too.
 
     Raises `DiskFull` without writing anything when the file system of `root` has less free space than the
     estimated checkpoint (`estimate_checkpoint_bytes`) plus `reserve_bytes`, and also when the write itself
     runs out of space (the temporary directory is removed first). Earlier checkpoints are never touched."""
     root = Path(root)
     needed = estimate_checkpoint_bytes(root, model=model, trainer_state=trainer_state) + reserve_bytes
-    needed += 0 if latest_checkpoint(root) else shard_bytes  # (an existing checkpoint's size includes them)
+    needed += 0 if latest_checkpoint(root) else extra_bytes  # (an existing checkpoint's size includes them)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -167,9 +170,9 @@ def save_checkpoint(
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        if write_shards is not None:
+        if write_extra is not None:
             tmp.mkdir()
-            write_shards(tmp)
+            write_extra(tmp)
         model.save_pretrained(tmp, safe_serialization=True, state_dict=dict(state_dict) if state_dict else None)
         tokenizer.save_pretrained(tmp)
         # through a Python file: a full disk then shows as ENOSPC or as the zip writer's "unexpected pos"

@@ -53,6 +53,21 @@ Text = Annotated[str, AfterValidator(_printable)]
 MAX_STEPS = 10_000_000  # (ours) a bound that every store's step columns hold
 
 
+class LoraSpec(_Strict):
+    """(ours) A LoRA student (peft): only the adapters train; the teacher is untouched. The checkpoint holds the
+    adapter (and, with merge_lora_on_save, the merged weights in merged/)."""
+
+    r: int = Field(default=16, ge=1, le=4096, description="adapter rank")
+    alpha: float = Field(default=32.0, gt=0, le=1e6, description="scale numerator: the delta is (alpha / r) B A")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the adapter input (train_dropout only)")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        max_length=64,
+        description="the student's linear layers that get adapters (names of modules)",
+    )
+
+
 class Resources(_Strict):
     """(ours) Where a job runs: `nodes` machines x `gpus_per_node` processes, one per GPU on CUDA (gloo
     processes on CPU). One process by default; more run the trainer under torchrun (data parallel)."""
@@ -284,6 +299,11 @@ class TrainConfig(_Strict):
     output_dir: Text | None = Field(
         default=None, max_length=1000, description="where metrics and checkpoints go (default: runs/<name or method>)"
     )
+    lora: LoraSpec | None = Field(default=None, description="(ours) train LoRA adapters instead of every weight")
+    merge_lora_on_save: bool = Field(
+        default=False,
+        description="(ours) with lora: each checkpoint also holds the merged weights (merged/, a plain model)",
+    )
     resources: Resources = Field(
         default_factory=Resources,
         description=(
@@ -459,6 +479,12 @@ class TrainConfig(_Strict):
             if self.method == "sft":
                 fix += ", or use sft_source: reference"
             raise ValueError(f"method {self.method!r} needs a teacher but teacher is not set; fix: {fix}")
+        if self.lora is not None and self.strategy == "fsdp":
+            raise ValueError(
+                "lora with strategy fsdp is not supported yet; fix: use strategy ddp (the adapters are small)"
+            )
+        if self.lora is not None and self.engine == "vllm":
+            raise ValueError("lora with engine vllm is not supported yet; fix: use engine fast or hf")
         if self.teacher_device not in (None, "auto") and self.teacher_sharding == "shard":
             raise ValueError(
                 "teacher_device and teacher_sharding shard both place the teacher; fix: drop teacher_device, or "

@@ -109,7 +109,9 @@ def estimate(
         weights += (teacher.params * tb if teacher is not None else 0) // frozen_share
     gradients = student_bytes // share
     optimizer = 2 * student_bytes // share
-    if b < 4 and not sharded:  # fp32 masters (rlad_core.precision): fp32 moments, the masters, fp32 gradients
+    if config.lora is not None:  # only the adapters train: their gradients and moments are small
+        gradients = optimizer = 0
+    elif b < 4 and not sharded:  # fp32 masters (rlad_core.precision): fp32 moments, the masters, fp32 gradients
         optimizer = 3 * student.params * 4
         gradients += student.params * 4
 

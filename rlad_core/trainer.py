@@ -19,6 +19,7 @@ Steps are numbered from 1: "step s" is the state after s updates; step 0 is the 
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import shutil
@@ -34,6 +35,7 @@ import torch
 
 from rlad_core import losses
 from rlad_core.checkpoint import (
+    MERGED,
     SHARDED_OPTIMIZER,
     DiskFull,
     is_out_of_space,
@@ -726,13 +728,14 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
         min(config.train_pool_size, config.steps * config.prompts_per_step), seed=config.seed, split="train"
     )
     eval_examples = task.examples(config.eval_size, seed=config.seed, split="eval")
-    memory = _check_memory(config, str(resume_path or config.student), tokenizer, pool, eval_examples, world, device)
+    shape_from = config.student if config.lora is not None else str(resume_path or config.student)  # a full config
+    memory = _check_memory(config, str(shape_from), tokenizer, pool, eval_examples, world, device)
     teacher_dtype, teacher_device = config.teacher_dtype or config.dtype, _teacher_device(config, world, device)
     teacher = reference = None
     if config.needs_teacher:
         check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
         teacher = load_model(config.teacher, dtype=teacher_dtype, device=teacher_device).eval().requires_grad_(False)
-    student = load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
+    student = _load_student(config, resume_path, device)
     student.eval()  # train mode (dropout) only inside the update, and only with config.train_dropout
     if config.gradient_checkpointing:
         if not student.supports_gradient_checkpointing:
@@ -883,6 +886,41 @@ def _check_memory(
             ]
         )
     return est
+
+
+def _load_student(config: TrainConfig, resume_path: Path | None, device: str) -> Any:
+    """The student: the model at the checkpoint resumed (or config.student); with `lora`, the base model with
+    adapters, new or the checkpoint's (only the adapters train)."""
+    if config.lora is None:
+        return load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    adapter = resume_path is not None and (resume_path / "adapter_config.json").is_file()
+    base = load_model(
+        str(config.student if adapter else (resume_path or config.student)), dtype=config.dtype, device=device
+    )
+    if adapter:
+        return PeftModel.from_pretrained(base, str(resume_path), is_trainable=True)
+    spec = config.lora
+    torch.manual_seed(config.seed)  # the adapters' initialisation (A random, B zero) is the run's, not the process's
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=list(spec.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
+def _save_merged(model: Any, tokenizer: Any, path: Path) -> None:
+    """A LoRA student's weights with its adapters merged in, as a plain model (a copy: the run keeps training
+    its adapters)."""
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
 
 
 def _teacher_device(config: TrainConfig, world: World, device: str) -> str:
@@ -1089,6 +1127,10 @@ def _checkpoint(
     size."""
     model_state = full_model_state(run.student) if run.sharded else None
     shards = _ShardWriter(run) if run.sharded else None
+    merged = None
+    if config.lora is not None and config.merge_lora_on_save:
+        merged = lambda tmp: _save_merged(run.student, run.tokenizer, tmp / MERGED)  # noqa: E731
+    merged_bytes = sum(p.numel() * p.element_size() for p in run.student.parameters())
     state = {
         "step": step,
         "data_position": step * config.prompts_per_step,
@@ -1118,8 +1160,8 @@ def _checkpoint(
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             reserve_bytes=run.disk_reserve_bytes,
             state_dict=model_state,
-            write_shards=shards.lead if shards is not None else None,
-            shard_bytes=shards.bytes if shards is not None else 0,
+            write_extra=shards.lead if shards is not None else merged,
+            extra_bytes=shards.bytes if shards is not None else (merged_bytes if merged is not None else 0),
         ),
     )
     if shards is not None:

@@ -318,3 +318,44 @@ def test_gradient_checkpointing_recomputes_the_layers_and_changes_nothing_else(t
                 assert ckpt[step][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (step, key)
     for (name, a), b in zip(plain_model.named_parameters(), ckpt_model.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rlad"])
+def test_a_lora_run_trains_only_the_adapters_and_resumes_exactly(tmp_path, warm_dirs, method):
+    """The checkpoint holds the adapter (and merged/ weights): the base weights under it are the student's,
+    the adapters moved; it loads with transformers (adapter) and as a plain model (merged), which agree; a run
+    stopped after step 2 and resumed gives the uninterrupted run's metrics and adapter."""
+    from peft import PeftModel
+
+    from rlad_core.models import load_model
+
+    lora = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"]}
+    common = {"method": method, "lora": lora, "steps": 4, "checkpoint_every": 2, "merge_lora_on_save": True}
+    common |= {"lr": 5e-2, "mini_batch_size": 8}
+    full = MemoryReporter()
+    done = train(config(tmp_path / "a", warm_dirs, **common), reporter=full)
+    step4 = done.checkpoint
+    assert (step4 / "adapter_config.json").is_file() and not (step4 / "model.safetensors").exists()
+    base = load_model(str(warm_dirs["student"]))
+    trained = PeftModel.from_pretrained(load_model(str(warm_dirs["student"])), str(step4))
+    names = dict(trained.named_parameters())
+    for name, p in base.named_parameters():  # every base weight under the adapters is the student's
+        key = next(k for k in names if k.endswith(name.replace(".weight", ".base_layer.weight")) or k.endswith(name))
+        assert torch.equal(names[key], p), name
+    assert any(float(p.abs().max()) > 0 for k, p in names.items() if "lora_B" in k)  # the adapters moved
+
+    ids = torch.tensor([[5, 17, 23, 9, 31, 12]])
+    via_adapter = AutoModelForCausalLM.from_pretrained(step4)  # transformers loads base + adapter (peft)
+    merged = AutoModelForCausalLM.from_pretrained(step4 / "merged")
+    torch.testing.assert_close(merged(ids).logits, via_adapter(ids).logits, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(merged(ids).logits, base(ids).logits)
+
+    stopped = MemoryReporter(stop_after_step=2)
+    train(config(tmp_path / "b", warm_dirs, **common), reporter=stopped)
+    resumed = MemoryReporter()
+    again = train(config(tmp_path / "b", warm_dirs, **common), reporter=resumed, resume_from="auto")
+    expected = {s: v for s, v in without_timing(full.train_metrics()).items() if s > 2}
+    assert without_timing(resumed.train_metrics()) == expected
+    a = load_file(step4 / "adapter_model.safetensors")
+    b = load_file(again.checkpoint / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

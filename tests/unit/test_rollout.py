@@ -152,6 +152,25 @@ def test_fast_greedy_equals_hf_greedy_token_for_token(models, arch):
     _assert_rollouts_equal(hf, fast)
 
 
+def test_fast_samples_from_a_lora_student_as_hf_does():
+    """A peft LoRA model (adapters with non-zero B): the fast engine applies base + (alpha / r) B A, token for
+    token what HF's generate produces through peft, and not what the base model alone would."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "v_proj", "o_proj", "gate_proj"]
+    lora = get_peft_model(_build("tiny-llama"), LoraConfig(r=4, lora_alpha=8, target_modules=targets)).eval()
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    engines = _engines(lora)
+    hf, fast = engines["hf"].generate(PROMPTS, params), engines["fast"].generate(PROMPTS, params)
+    _assert_rollouts_equal(hf, fast)
+    plain = _engines(_build("tiny-llama"))["fast"].generate(PROMPTS, params)
+    assert not torch.equal(plain.completion_ids, fast.completion_ids)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Sampling: log-probs, top-p, RNG
 # ---------------------------------------------------------------------------------------------------------
