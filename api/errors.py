@@ -18,6 +18,7 @@ from store.errors import (
     InvalidDataset,
     InvalidSpec,
     InvalidTransition,
+    NoSuchPart,
     NotFound,
     QuotaExceeded,
     StoreError,
@@ -28,6 +29,7 @@ log = logging.getLogger("rlad.api")
 
 STATUS: dict[type[StoreError], int] = {
     NotFound: 404,
+    NoSuchPart: 404,
     InvalidTransition: 409,
     IdempotencyConflict: 409,
     InvalidSpec: 422,

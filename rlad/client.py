@@ -101,12 +101,12 @@ def resolve_api_key() -> str | None:
     return None
 
 
-def verify_checkpoint_dir(path: str | Path, *, manifest_sha256: str | None = None) -> dict[str, Any]:
-    """Check every file of a downloaded checkpoint against its manifest.json (size and sha256) and, when
-    given, the manifest itself against `manifest_sha256` (the checkpoint's `sha256` in the API). Returns
-    the manifest; raises `ChecksumError` naming the first file that does not match."""
+def verify_checkpoint_dir(path: str | Path, *, manifest_sha256: str | None = None, part: str = "all") -> dict[str, Any]:
+    """Check every file of a downloaded checkpoint (or `part` of one) against its manifest.json (size and
+    sha256) and, when given, the manifest itself against `manifest_sha256` (the checkpoint's `sha256` in the
+    API). Returns the manifest; raises `ChecksumError` naming the first file that does not match."""
     try:
-        return layout.verify(path, manifest_sha256=manifest_sha256)
+        return layout.verify(path, manifest_sha256=manifest_sha256, part=part)
     except layout.ManifestMismatch as exc:
         raise ChecksumError(str(exc)) from None
 
@@ -184,9 +184,9 @@ class Client:
         return self._request(method, path, **kw).json()
 
     @contextlib.contextmanager
-    def _stream(self, path: str) -> Iterator[httpx.Response]:
+    def _stream(self, path: str, params: dict[str, str] | None = None) -> Iterator[httpx.Response]:
         try:
-            with self._http.stream("GET", path) as resp:
+            with self._http.stream("GET", path, params=params) as resp:
                 if resp.is_error:
                     resp.read()
                     raise ApiError.from_response(resp)
@@ -314,9 +314,15 @@ class Client:
         step: int | None = None,
         out_dir: str | Path = ".",
         on_progress: Callable[[int, int], None] | None = None,
+        part: str = "all",
     ) -> Path:
         """Download a checkpoint (the latest when `step` is None) into `out_dir/<job>-step-<n>/` and return
         that path: a Hugging Face directory (`from_pretrained`), every file checked against manifest.json.
+
+        `part` (rlad_core.layout.PARTS): "all" (every file; resumes a run), "model" (the loadable model only),
+        "adapter" (a LoRA student's adapter), "merged" (a LoRA student's merged weights as a plain model); a
+        part other than "all" goes to `<job>-step-<n>-<part>/`, its files checked against the checkpoint's
+        manifest (which it carries).
 
         The tar is streamed to disk in chunks and extracted into a temporary directory next to the target,
         which is renamed into place only once everything checks out (an existing target is replaced), so a
@@ -326,7 +332,9 @@ class Client:
             if not ckpts:
                 raise RladError(f"job {job_id} has no checkpoints yet")
             step = max(c["step"] for c in ckpts)
-        prefix = f"{job_id}-step-{step}"
+        if part not in layout.PARTS:
+            raise RladError(f"unknown checkpoint part {part!r}; use one of {', '.join(layout.PARTS)}")
+        prefix = layout.download_name(job_id, int(step), part)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         target = out / prefix
@@ -334,7 +342,8 @@ class Client:
         tmp.mkdir()
         try:
             archive = tmp / "checkpoint.tar"
-            with self._stream(f"/v1/jobs/{_seg(job_id)}/checkpoints/{int(step)}/download") as resp:
+            url = f"/v1/jobs/{_seg(job_id)}/checkpoints/{int(step)}/download"
+            with self._stream(url, params={"part": part} if part != "all" else None) as resp:
                 total = int(resp.headers.get("content-length") or 0)
                 manifest_sha = resp.headers.get("x-checkpoint-sha256")
                 done = 0
@@ -364,8 +373,8 @@ class Client:
                 raise ChecksumError(f"the download of {prefix} is not a valid tar archive: {exc}") from None
             archive.unlink()
             src = extract / prefix
-            manifest = verify_checkpoint_dir(src, manifest_sha256=manifest_sha)
-            expected = set(manifest["files"]) | {layout.MANIFEST}
+            manifest = verify_checkpoint_dir(src, manifest_sha256=manifest_sha, part=part)
+            expected = set(layout.part_files(manifest["files"], part))
             extra = sorted(
                 str(p.relative_to(src))
                 for p in src.rglob("*")

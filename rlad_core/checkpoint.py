@@ -33,11 +33,16 @@ from typing import Any
 
 import torch
 
-from rlad_core.layout import MANIFEST, ManifestMismatch, list_steps, replace_dir, sha256_file, step_dir, verify
-
-TRAINER_STATE = "trainer_state.pt"
-SHARDED_OPTIMIZER = "optimizer"  # a sharded run's optimizer state: a torch.distributed.checkpoint directory
-MERGED = "merged"  # a LoRA student's weights with the adapters merged in (merge_lora_on_save): a plain HF model
+from rlad_core.layout import (
+    MANIFEST,
+    TRAINER_STATE,
+    ManifestMismatch,
+    list_steps,
+    replace_dir,
+    sha256_file,
+    step_dir,
+    verify,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -147,8 +152,8 @@ def save_checkpoint(
     """Write `<root>/step-<step>/` atomically and return its path. An existing one for the step is replaced.
     `state_dict`: the model's weights when `model` does not hold them whole (gathered from FSDP shards).
     `write_extra(tmp)`: first, writes more files into the temporary directory, `extra_bytes` in all: what every
-    process of a sharded run holds (the optimizer state with torch.distributed.checkpoint, `SHARDED_OPTIMIZER`),
-    or a LoRA student's merged weights (`MERGED`); the manifest then covers those files too.
+    process of a sharded run holds (the optimizer state with torch.distributed.checkpoint, `layout.SHARDED_OPTIMIZER`),
+    or a LoRA student's merged weights (`layout.MERGED`); the manifest then covers those files too.
 
     Raises `DiskFull` without writing anything when the file system of `root` has less free space than the
     estimated checkpoint (`estimate_checkpoint_bytes`) plus `reserve_bytes`, and also when the write itself

@@ -14,11 +14,28 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.pt"  # optimizer, LR scheduler, RNG states, step, data position, job config
+SHARDED_OPTIMIZER = "optimizer"  # a sharded run's optimizer state: a torch.distributed.checkpoint directory
+MERGED = "merged"  # a LoRA student's weights with the adapters merged in (merge_lora_on_save): a plain HF model
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA student's checkpoint holds its adapter (peft) at the top
+
+# What a download can hold (`part`):
+#   all      every file: resumes a run (trainer state, optimizer shards) and, for LoRA, the merged weights
+#   model    the loadable model only: the weights (a LoRA student's adapter), config and tokenizer files
+#   adapter  the same as model, for a LoRA student only (refused for a student trained in full)
+#   merged   a LoRA student's merged weights (merge_lora_on_save), laid out at the top: a plain HF model
+Part = Literal["all", "model", "adapter", "merged"]
+PARTS: tuple[str, ...] = get_args(Part)
+
+
+class PartMissing(LookupError):
+    """The checkpoint has no such part (an adapter of a fully trained student, merged weights not saved)."""
 
 
 class ManifestMismatch(ValueError):
@@ -55,10 +72,47 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify(path: str | Path, *, manifest_sha256: str | None = None) -> dict[str, Any]:
-    """Check every file of a checkpoint against its manifest (size and sha256) and, when given, the manifest
-    itself against `manifest_sha256` (the checkpoint's `sha256` in the API). Returns the manifest; raises
-    `ManifestMismatch` naming the first file that does not match."""
+def _trainer_only(name: str) -> bool:
+    return name == TRAINER_STATE or name.startswith((f"{SHARDED_OPTIMIZER}/", f"{MERGED}/"))
+
+
+def part_files(names: Iterable[str], part: str) -> dict[str, str]:
+    """The files of a checkpoint's `part` (see PARTS): {name in the download: name in the checkpoint}, given
+    the names its manifest lists. The manifest itself goes with every part, so a downloaded part verifies
+    against the checkpoint's published sha256. Raises `PartMissing` (with the fix) when the checkpoint has no
+    such part, ValueError for an unknown part."""
+    names = set(names)
+    if part == "all":
+        chosen = {n: n for n in names}
+    elif part in ("model", "adapter"):
+        if part == "adapter" and ADAPTER_CONFIG not in names:
+            raise PartMissing(
+                "this checkpoint has no LoRA adapter (the student was trained in full); "
+                "fix: download part 'model' or 'all'"
+            )
+        chosen = {n: n for n in names if not _trainer_only(n)}
+    elif part == "merged":
+        chosen = {n.removeprefix(f"{MERGED}/"): n for n in names if n.startswith(f"{MERGED}/")}
+        if not chosen:
+            raise PartMissing(
+                "this checkpoint has no merged weights (only LoRA runs with merge_lora_on_save: true save them); "
+                "fix: download part 'model' (the adapter, or the full weights) or 'all'"
+            )
+    else:
+        raise ValueError(f"unknown checkpoint part {part!r}; use one of {', '.join(PARTS)}")
+    return {**chosen, MANIFEST: MANIFEST}
+
+
+def download_name(job_id: str, step: int, part: str = "all") -> str:
+    """The directory a downloaded checkpoint unpacks to: `<job>-step-<n>`, `<job>-step-<n>-<part>` for a part."""
+    return f"{job_id}-step-{step}" + ("" if part == "all" else f"-{part}")
+
+
+def verify(path: str | Path, *, manifest_sha256: str | None = None, part: str = "all") -> dict[str, Any]:
+    """Check every file of a checkpoint (or of the downloaded `part` of one, see `part_files`) against its
+    manifest (size and sha256) and, when given, the manifest itself against `manifest_sha256` (the
+    checkpoint's `sha256` in the API). Returns the manifest; raises `ManifestMismatch` naming the first file
+    that does not match."""
     root = Path(path)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
@@ -73,15 +127,20 @@ def verify(path: str | Path, *, manifest_sha256: str | None = None) -> dict[str,
         expected = {str(name): (int(info["bytes"]), str(info["sha256"])) for name, info in manifest["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ManifestMismatch(f"{manifest_path} is not a valid manifest: {exc}") from None
-    for name, (size, digest) in sorted(expected.items()):
-        f = root / name
+    try:
+        here = {local: src for local, src in part_files(expected, part).items() if src != MANIFEST}
+    except PartMissing as exc:
+        raise ManifestMismatch(f"{root}: {exc}") from None
+    for local, name in sorted(here.items()):
+        size, digest = expected[name]
+        f = root / local
         if not f.is_file():
-            raise ManifestMismatch(f"{root}: {name} is missing (listed in {MANIFEST})")
+            raise ManifestMismatch(f"{root}: {local} is missing (listed in {MANIFEST} as {name})")
         if f.stat().st_size != size:
-            raise ManifestMismatch(f"{root}: {name} has {f.stat().st_size} bytes, the manifest says {size}")
+            raise ManifestMismatch(f"{root}: {local} has {f.stat().st_size} bytes, the manifest says {size}")
         actual = sha256_file(f)
         if actual != digest:
-            raise ManifestMismatch(f"{root}: {name} sha256 {actual} does not match the manifest's {digest}")
+            raise ManifestMismatch(f"{root}: {local} sha256 {actual} does not match the manifest's {digest}")
     return dict(manifest)
 
 

@@ -35,8 +35,6 @@ import torch
 
 from rlad_core import losses
 from rlad_core.checkpoint import (
-    MERGED,
-    SHARDED_OPTIMIZER,
     DiskFull,
     is_out_of_space,
     latest_checkpoint,
@@ -63,6 +61,7 @@ from rlad_core.distributed import (
     sharded_optimizer_state,
 )
 from rlad_core.evaluate import aggregate, evaluate_examples, sample_seeds
+from rlad_core.layout import ADAPTER_CONFIG, MERGED, SHARDED_OPTIMIZER
 from rlad_core.memory import GIB, MemoryEstimate, Shape, device_capacity
 from rlad_core.memory import estimate as estimate_memory
 from rlad_core.memory import fixes as memory_fixes
@@ -895,7 +894,7 @@ def _load_student(config: TrainConfig, resume_path: Path | None, device: str) ->
         return load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    adapter = resume_path is not None and (resume_path / "adapter_config.json").is_file()
+    adapter = resume_path is not None and (resume_path / ADAPTER_CONFIG).is_file()
     base = load_model(
         str(config.student if adapter else (resume_path or config.student)), dtype=config.dtype, device=device
     )

@@ -17,6 +17,14 @@ class NotFound(StoreError):
         super().__init__(f"{kind} {ident!r} not found")
 
 
+class NoSuchPart(NotFound):
+    """A checkpoint lacks the part of it a download asked for (`message` says which parts it has)."""
+
+    def __init__(self, part: str, step: int, message: str):
+        StoreError.__init__(self, f"checkpoint {step} has no part {part!r}: {message}")
+        self.kind, self.ident = "part", part
+
+
 class InvalidTransition(StoreError):
     code = "invalid_transition"
 

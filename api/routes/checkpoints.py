@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -12,8 +12,9 @@ from api.deps import OwnedJob, ReadSessionDep, StoreDep
 from api.downloads import TarStream
 from api.responses import E401, E404, E422, Responses
 from api.schemas import CheckpointDetail, CheckpointFile, CheckpointList, CheckpointPublic
+from rlad_core import layout
 from store import results
-from store.errors import NotFound
+from store.errors import NoSuchPart, NotFound
 from store.models import Checkpoint
 
 router = APIRouter(prefix="/v1/jobs", tags=["checkpoints"])
@@ -21,6 +22,14 @@ E404C: Responses = {
     404: {"model": E404[404]["model"], "description": "no such job for this team, or no such checkpoint"}
 }
 Step = Annotated[int, PathParam(ge=0, le=2**31 - 1)]
+Part = Annotated[
+    layout.Part,
+    Query(
+        description="all: every file (resumes a run); model: the loadable model only (weights or a LoRA adapter, "
+        "config, tokenizer); adapter: a LoRA student's adapter; merged: a LoRA student's merged weights "
+        "(merge_lora_on_save) as a plain model"
+    ),
+]
 
 
 class LargeFileResponse(FileResponse):
@@ -56,19 +65,26 @@ def checkpoint_detail(job: OwnedJob, step: Step, session: ReadSessionDep, store:
     responses={
         200: {
             "content": {"application/x-tar": {}},
-            "description": "tar of the Hugging Face directory; manifest.json inside lists every file's sha256",
+            "description": "tar of the Hugging Face directory (or the part asked for); manifest.json inside lists "
+            "every file's sha256",
         },
         **E401,
         **E404C,
         **E422,
     },
 )
-def download(job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep) -> StreamingResponse:
-    """The whole checkpoint as a tar stream (constant memory; exact Content-Length)."""
+def download(
+    job: OwnedJob, step: Step, session: ReadSessionDep, store: StoreDep, part: Part = "all"
+) -> StreamingResponse:
+    """The checkpoint, or a part of it, as a tar stream (constant memory; exact Content-Length)."""
     c = results.get_checkpoint(session, job_id=job.id, step=step)
-    files = store.checkpoint_files(c.location)
-    prefix = f"{job.id}-step-{step}"
-    tar = TarStream([(f"{prefix}/{f.name}", store.file_path(c.location, f.name)) for f in files])
+    names = [f.name for f in store.checkpoint_files(c.location)]
+    try:
+        chosen = layout.part_files(names, part)
+    except layout.PartMissing as exc:
+        raise NoSuchPart(part, step, str(exc)) from None
+    prefix = layout.download_name(job.id, step, part)
+    tar = TarStream([(f"{prefix}/{local}", store.file_path(c.location, src)) for local, src in sorted(chosen.items())])
     return StreamingResponse(
         iter(tar),
         media_type="application/x-tar",

@@ -27,6 +27,7 @@ from rlad.cli.common import (
     styled,
     wait_with_progress,
 )
+from rlad_core.layout import ADAPTER_CONFIG, MANIFEST, Part, part_files
 
 PANEL = "Jobs"
 app = typer.Typer()
@@ -239,6 +240,13 @@ def download(
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to put the checkpoint in")],
     step: Annotated[int | None, typer.Option(help="checkpoint step (default: the latest)")] = None,
+    part: Annotated[
+        Part,
+        typer.Option(
+            help="all: every file (resumes a run); model: the loadable model only; adapter: a LoRA student's "
+            "adapter; merged: a LoRA student's merged weights (merge_lora_on_save) as a plain model"
+        ),
+    ] = "all",
 ) -> None:
     """Download a checkpoint as a Hugging Face directory, every file checked against its sha256."""
     from rich.progress import (
@@ -249,8 +257,6 @@ def download(
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-
-    from rlad_core.layout import MANIFEST
 
     progress = Progress(
         TextColumn("[bold]download"),
@@ -267,11 +273,14 @@ def download(
 
     with service_errors(), client_from_env() as client:
         with progress:
-            path = client.download(job_id, step=step, out_dir=out, on_progress=on_progress)
-        n_files = len(json.loads((path / MANIFEST).read_text())["files"]) + 1
-    console.print(f"checkpoint: [bold]{escape(str(path))}[/bold]")
+            path = client.download(job_id, step=step, out_dir=out, on_progress=on_progress, part=part)
+        n_files = len(part_files(json.loads((path / MANIFEST).read_text())["files"], part))
+    console.print(f"checkpoint: [bold]{escape(str(path))}[/bold]" + ("" if part == "all" else f" ({part})"))
     console.print(f"sha256 verified: {n_files} files match manifest.json")
-    console.print("load it with: AutoModelForCausalLM.from_pretrained(<that directory>)")
+    if (path / ADAPTER_CONFIG).is_file():
+        console.print("load it with: AutoModelForCausalLM.from_pretrained(<that directory>) (peft installed)")
+    else:
+        console.print("load it with: AutoModelForCausalLM.from_pretrained(<that directory>)")
 
 
 @datasets_app.command("upload")

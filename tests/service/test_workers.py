@@ -86,6 +86,39 @@ def test_a_job_runs_end_to_end_and_its_checkpoint_loads(http, micro_models, tmp_
     assert all(x["prompt"].endswith("=") for x in samples)
 
 
+def test_a_lora_job_downloads_as_adapter_merged_model_or_all(stack, http, micro_models, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlad.client import ApiError, Client
+
+    spec = tiny_spec(micro_models, lora={"r": 4, "alpha": 8}, merge_lora_on_save=True, eval_every=0)
+    job = http.post("/v1/jobs", json=spec).json()
+    in_full = http.post("/v1/jobs", json=tiny_spec(micro_models, steps=2, eval_every=0)).json()
+    for j in (job, in_full):
+        wait_for(http, j["id"], lambda j: j["status"] == "succeeded")
+    with Client(stack.base_url, stack.api_key) as client:
+        got = {part: client.download(job["id"], out_dir=tmp_path, part=part) for part in ("adapter", "merged", "model")}
+        full = client.download(job["id"], out_dir=tmp_path)
+        with pytest.raises(ApiError) as bad:  # a student trained in full has no adapter
+            client.download(in_full["id"], out_dir=tmp_path, part="adapter")
+    assert bad.value.status == 404 and "trained in full" in str(bad.value) and "fix: download part" in str(bad.value)
+    names = {part: sorted(p.name for p in path.iterdir()) for part, path in got.items()}
+    assert got["adapter"].name == f"{job['id']}-step-4-adapter" and full.name == f"{job['id']}-step-4"
+    assert names["adapter"] == names["model"] and "adapter_model.safetensors" in names["adapter"]
+    assert not {"trainer_state.pt", "merged", "model.safetensors"} & set(names["adapter"])
+    assert "model.safetensors" in names["merged"] and "adapter_config.json" not in names["merged"]
+    assert {"trainer_state.pt", "merged", "adapter_model.safetensors"} <= {p.name for p in full.iterdir()}
+    r = http.get(f"/v1/jobs/{job['id']}/checkpoints/4/download", params={"part": "weights"})
+    assert r.status_code == 422 and "part" in r.text
+    # both load with transformers (the adapter through peft) and compute the same function
+    ids = torch.tensor([[1, 5, 7, 9, 3]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(got["merged"])(ids).logits
+        adapted = AutoModelForCausalLM.from_pretrained(got["adapter"])(ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+
+
 def test_cancel_while_running_stops_within_10s_and_no_metrics_follow(http, micro_models) -> None:
     spec = tiny_spec(micro_models, steps=20_000, eval_every=0, checkpoint_every=0)
     job = http.post("/v1/jobs", json=spec).json()

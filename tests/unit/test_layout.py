@@ -45,6 +45,68 @@ def test_verify_names_the_first_file_that_does_not_match(tmp_path) -> None:
         layout.verify(d)
 
 
+LORA = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "trainer_state.pt",
+    "merged/config.json",
+    "merged/model.safetensors",
+    "merged/tokenizer.json",
+]
+FULL = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "trainer_state.pt",
+    "optimizer/.metadata",
+    "optimizer/__0_0.distcp",
+]
+
+
+def test_parts_of_a_lora_checkpoint() -> None:
+    m = layout.MANIFEST
+    assert layout.part_files(LORA, "all") == {n: n for n in [*LORA, m]}
+    adapter = {n: n for n in ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", m]}
+    assert layout.part_files(LORA, "adapter") == adapter == layout.part_files(LORA, "model")
+    merged = {
+        "config.json": "merged/config.json",
+        "model.safetensors": "merged/model.safetensors",
+        "tokenizer.json": "merged/tokenizer.json",
+        m: m,
+    }
+    assert layout.part_files(LORA, "merged") == merged
+
+
+def test_parts_of_a_full_checkpoint_and_the_parts_it_lacks() -> None:
+    assert layout.part_files(FULL, "model") == {n: n for n in FULL[:3] + [layout.MANIFEST]}
+    with pytest.raises(layout.PartMissing, match="trained in full.*fix: download part 'model'"):
+        layout.part_files(FULL, "adapter")
+    with pytest.raises(layout.PartMissing, match="merge_lora_on_save: true.*fix"):
+        layout.part_files(FULL, "merged")
+    with pytest.raises(ValueError, match="unknown checkpoint part 'weights'"):
+        layout.part_files(FULL, "weights")
+    assert layout.download_name("job_1", 4) == "job_1-step-4"
+    assert layout.download_name("job_1", 4, "merged") == "job_1-step-4-merged"
+
+
+def test_a_downloaded_part_verifies_against_the_checkpoint_manifest(tmp_path) -> None:
+    files = {n: n.encode() * 3 for n in LORA}
+    _checkpoint(tmp_path, 1, {})
+    d = layout.step_dir(tmp_path, 1)
+    manifest = {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()}
+    (d / layout.MANIFEST).write_text(json.dumps({"step": 1, "files": manifest}))
+    for local, src in layout.part_files(LORA, "merged").items():  # what a merged download unpacks to
+        if src != layout.MANIFEST:
+            (d / local).write_bytes(files[src])
+    assert layout.verify(d, part="merged")["step"] == 1
+    with pytest.raises(layout.ManifestMismatch, match="adapter_config.json is missing"):
+        layout.verify(d, part="adapter")
+    (d / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(layout.ManifestMismatch, match="model.safetensors has 1 bytes"):
+        layout.verify(d, part="merged")
+
+
 def test_replace_dir_swaps_by_renames_and_leaves_nothing_behind(tmp_path) -> None:
     new, dst = tmp_path / "new", tmp_path / "dst"
     dst.mkdir()
