@@ -331,8 +331,8 @@ class TrainConfig(_Strict):
         default="float32",
         description=(
             "model weights and compute dtype (float64: for exactness checks). bfloat16/float16: the student "
-            "samples, scores and trains in it while AdamW updates fp32 master weights with fp32 moments (one "
-            "process or DDP; with strategy fsdp the shards and moments stay in this dtype)"
+            "samples, scores and trains in it while AdamW updates fp32 master weights with fp32 moments (with "
+            "strategy fsdp the fp32 shards are the masters, cast for compute, gradients reduced in fp32)"
         ),
     )
     device: str = Field(default="auto", max_length=16, description="auto | cpu | cuda | cuda:N | mps")

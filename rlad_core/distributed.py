@@ -91,10 +91,20 @@ class World:
 # ----- FSDP2 (`strategy: fsdp`): parameters, gradients and optimizer state sharded over the ranks ------------
 
 
-def shard_model(model: torch.nn.Module, *, reshard_after_forward: bool = True) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, *, reshard_after_forward: bool = True, compute_dtype: torch.dtype | None = None
+) -> torch.nn.Module:
     """`fully_shard` each decoder layer, then the rest (embeddings, final norm, head) at the root: a layer's
-    full weights exist only while it runs."""
-    from torch.distributed.fsdp import fully_shard
+    full weights exist only while it runs. `compute_dtype` (a half-precision student): the shards stay in their
+    dtype (fp32: they are the master weights AdamW updates, with fp32 moments), gathered weights are cast to
+    `compute_dtype` for every forward and backward, and gradients are reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = (
+        MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        if compute_dtype is not None
+        else MixedPrecisionPolicy()
+    )
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
@@ -102,8 +112,8 @@ def shard_model(model: torch.nn.Module, *, reshard_after_forward: bool = True) -
             f"{type(model).__name__} has no model.layers to shard per decoder layer; fix: use strategy ddp"
         )
     for layer in layers:
-        fully_shard(layer, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     return model
 
 

@@ -6,7 +6,8 @@ Per process, in bytes:
                  teacher on another device (`teacher_device`) is not counted)
     gradients    one per trainable student parameter, in its dtype
     optimizer    AdamW's two moments per trainable parameter, in its dtype; a half-precision student (one
-                 process or DDP) adds fp32 masters and keeps the moments and a gradient copy in fp32
+                 process or DDP) adds fp32 masters and keeps the moments and a gradient copy in fp32 (under
+                 FSDP the fp32 shards are the masters: weights, gradients and moments in fp32, 1/N each)
     rollout      the KV cache of this process's rollout rows (prompt + max_new_tokens) + their last logits (the
                  fast and hf engines sample the whole batch at once; vLLM's own cache is not counted)
     update       a micro-batch's activations (every layer's, or with gradient checkpointing one input per
@@ -114,6 +115,10 @@ def estimate(
     elif b < 4 and not sharded:  # fp32 masters (rlad_core.precision): fp32 moments, the masters, fp32 gradients
         optimizer = 3 * student.params * 4
         gradients += student.params * 4
+    elif b < 4:  # FSDP's fp32 shards are the masters: fp32 weights, gradients and moments, each 1/N
+        weights += student.params * (4 - b) // share
+        gradients = student.params * 4 // share
+        optimizer = 2 * student.params * 4 // share
 
     T, S = config.max_new_tokens, prompt_tokens + config.max_new_tokens
     rows = config.batch_size // world_size

@@ -44,3 +44,19 @@ class MasterWeights:
             for m, t in zip(self.masters, tensors, strict=True):
                 m.copy_(t)
         self.publish()
+
+    def named_like(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A module holding the masters under the names of the model's trainable parameters: what
+        torch.distributed.checkpoint's optimizer helpers need to map an optimizer state saved by name (a
+        sharded run's DCP shards) onto the masters' optimizer."""
+        root = torch.nn.Module()
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        for name, master in zip(names, self.masters, strict=True):
+            *path, leaf = name.split(".")
+            holder = root
+            for part in path:
+                if not hasattr(holder, part):
+                    holder.add_module(part, torch.nn.Module())
+                holder = getattr(holder, part)
+            holder.register_parameter(leaf, master)
+        return root

@@ -734,7 +734,14 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
     if config.needs_teacher:
         check_tokenizers_compatible(tokenizer, load_tokenizer(config.teacher))
         teacher = load_model(config.teacher, dtype=teacher_dtype, device=teacher_device).eval().requires_grad_(False)
-    student = _load_student(config, resume_path, device)
+    sharded = world.distributed and config.strategy == "fsdp"
+    # a half-precision student under FSDP: fp32 shards (the masters AdamW updates), cast for compute by FSDP
+    compute_dtype = getattr(torch, config.dtype) if sharded and config.dtype in ("bfloat16", "float16") else None
+    student = _load_student(config, resume_path, device, dtype="float32" if compute_dtype else config.dtype)
+    if compute_dtype is not None and state is not None and state.get("master_weights") is not None:
+        with torch.no_grad():  # the exact fp32 values the checkpoint's half-precision weights were rounded from
+            for p, t in zip(trainable_parameters(student), state["master_weights"], strict=True):
+                p.copy_(t)
     student.eval()  # train mode (dropout) only inside the update, and only with config.train_dropout
     if config.gradient_checkpointing:
         if not student.supports_gradient_checkpointing:
@@ -754,13 +761,12 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             .requires_grad_(False)
         )
 
-    sharded = world.distributed and config.strategy == "fsdp"
     if sharded:  # before the optimizer is built: it holds the shards
-        shard_model(student)
+        shard_model(student, compute_dtype=compute_dtype)
         for frozen in (teacher, reference) if config.teacher_sharding == "shard" else ():
             if frozen is not None:
                 shard_model(frozen)
-    params = [p for p in student.parameters() if p.requires_grad]
+    params = trainable_parameters(student)
     masters = None
     if not sharded and params and params[0].dtype in HALF:
         masters = MasterWeights(params)  # AdamW updates fp32 copies; the model keeps half precision
@@ -818,10 +824,11 @@ def _setup(config: TrainConfig, resume_from: str | Path | None) -> _Run:
             forward_sync_buffers=False,
         )
     if state is not None:
+        named = masters.named_like(student) if masters is not None else student  # the optimizer's parameters
         if state.get("optimizer_format") == "dcp":  # DCP shards of a sharded run: resharded to this run
-            load_sharded_optimizer(student, optimizer, resume_path / SHARDED_OPTIMIZER)
+            load_sharded_optimizer(named, optimizer, resume_path / SHARDED_OPTIMIZER)
         elif state.get("optimizer_format") == "by_name":  # whole, by name (sharded runs' older checkpoints)
-            load_full_optimizer(student, optimizer, state["optimizer"])
+            load_full_optimizer(named, optimizer, state["optimizer"])
         elif sharded:  # whole, by index (one process or DDP), onto this run's shards
             load_full_optimizer(student, optimizer, optimizer_state_by_name(student, state["optimizer"]))
         else:
@@ -887,16 +894,21 @@ def _check_memory(
     return est
 
 
-def _load_student(config: TrainConfig, resume_path: Path | None, device: str) -> Any:
-    """The student: the model at the checkpoint resumed (or config.student); with `lora`, the base model with
-    adapters, new or the checkpoint's (only the adapters train)."""
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates, in the order checkpoints keep their fp32 masters."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _load_student(config: TrainConfig, resume_path: Path | None, device: str, *, dtype: str) -> Any:
+    """The student, in `dtype`: the model at the checkpoint resumed (or config.student); with `lora`, the base
+    model with adapters, new or the checkpoint's (only the adapters train)."""
     if config.lora is None:
-        return load_model(str(resume_path or config.student), dtype=config.dtype, device=device)
+        return load_model(str(resume_path or config.student), dtype=dtype, device=device)
     from peft import LoraConfig, PeftModel, get_peft_model
 
     adapter = resume_path is not None and (resume_path / ADAPTER_CONFIG).is_file()
     base = load_model(
-        str(config.student if adapter else (resume_path or config.student)), dtype=config.dtype, device=device
+        str(config.student if adapter else (resume_path or config.student)), dtype=dtype, device=device
     )
     if adapter:
         return PeftModel.from_pretrained(base, str(resume_path), is_trainable=True)
@@ -1125,6 +1137,11 @@ def _checkpoint(
     directory (`_ShardWriter`), which rank 0 completes and renames into place. Either resumes on any world
     size."""
     model_state = full_model_state(run.student) if run.sharded else None
+    master_weights = run.masters.state() if run.masters is not None else None
+    if model_state and config.dtype in ("bfloat16", "float16"):  # rank 0 of a half run under FSDP
+        # the gathered fp32 shards are the masters: the Hugging Face weights are them rounded to the run's dtype
+        master_weights = [model_state[n] for n, p in run.student.named_parameters() if p.requires_grad]
+        model_state = {k: v.to(getattr(torch, config.dtype)) for k, v in model_state.items()}
     shards = _ShardWriter(run) if run.sharded else None
     merged = None
     if config.lora is not None and config.merge_lora_on_save:
@@ -1135,7 +1152,7 @@ def _checkpoint(
         "data_position": step * config.prompts_per_step,
         "optimizer": None if run.sharded else run.optimizer.state_dict(),
         "optimizer_format": "dcp" if run.sharded else "by_index",
-        "master_weights": run.masters.state() if run.masters is not None else None,
+        "master_weights": master_weights,
         "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(),
         "config": config.to_json_dict(),

@@ -43,6 +43,9 @@ def test_each_memory_option_lowers_the_part_it_is_for():
     ddp4 = estimate(parse_config({**base, "strategy": "ddp"}), **kw, world_size=4)
     assert fsdp4.optimizer * 2 == fsdp2.optimizer and ddp4.optimizer == plain.optimizer  # DDP: a full replica
     assert fsdp4.rollout == ddp4.rollout < plain.rollout
+    # FSDP's fp32 shards are the masters: a quarter of fp32 weights, gradients and AdamW moments per process
+    assert fsdp4.weights == pytest.approx(2 * plain.weights / 4, rel=1e-6)
+    assert fsdp4.gradients == pytest.approx(plain.weights * 2 / 4, rel=1e-6) and fsdp4.optimizer == 2 * fsdp4.gradients
 
 
 def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(tmp_path):
