@@ -907,9 +907,7 @@ def _load_student(config: TrainConfig, resume_path: Path | None, device: str, *,
     from peft import LoraConfig, PeftModel, get_peft_model
 
     adapter = resume_path is not None and (resume_path / ADAPTER_CONFIG).is_file()
-    base = load_model(
-        str(config.student if adapter else (resume_path or config.student)), dtype=dtype, device=device
-    )
+    base = load_model(str(config.student if adapter else (resume_path or config.student)), dtype=dtype, device=device)
     if adapter:
         return PeftModel.from_pretrained(base, str(resume_path), is_trainable=True)
     spec = config.lora

@@ -7,7 +7,8 @@ The trainer only sees the `RolloutEngine` protocol and `make_engine`; three engi
   fast   `FastEngine`: a compact decoder forward for Llama-family architectures (Llama, Mistral without an active
          sliding window, Qwen2, Qwen3) over a preallocated KV cache, reading the weights from the HF modules
          themselves, so in-place optimizer updates are seen without any re-sync. Same distribution as `hf`.
-  vllm   `VLLMEngine`: vLLM on a GPU worker (optional dependency, imported only when the engine is built).
+  vllm   `VLLMEngine`: vLLM on a GPU worker (optional dependency, imported only when the engine is built;
+         requirements/gpu.txt, or requirements/vllm-cpu.txt on a CPU).
 
 All engines return `Rollouts`: left-padded prompts, completions padded after their first EOS, the completion
 mask (including that EOS) and the log-prob of every sampled token under the distribution it was drawn from.
@@ -47,12 +48,16 @@ def make_engine(
     **options: Any,
 ) -> RolloutEngine:
     """Build a rollout engine. `model` is the HF module for "hf"/"fast" and a model path (or a module whose
-    `name_or_path` is used) for "vllm"; `options` go to the engine's constructor."""
+    `name_or_path` and dtype are used) for "vllm"; `options` go to the engine's constructor."""
     if name == "hf":
         return HFEngine(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options)
     if name == "fast":
         return FastEngine(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options)
     if name == "vllm":
-        path = model if isinstance(model, str) else model.name_or_path
+        if isinstance(model, str):
+            path = model
+        else:  # vLLM loads the module's checkpoint directory, in the module's dtype unless told otherwise
+            path = model.name_or_path
+            options.setdefault("dtype", str(next(model.parameters()).dtype).removeprefix("torch."))
         return VLLMEngine(path, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options)
     raise ValueError(f"unknown rollout engine {name!r}; choose 'hf', 'fast' or 'vllm'")
