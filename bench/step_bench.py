@@ -114,18 +114,29 @@ def build_models(work: Path) -> tuple[Path, Path]:
 
 
 def train_config(
-    method: str, student_dir: Path, teacher_dir: Path, steps: int, output_dir: Path, engine: str, **extra: object
+    method: str,
+    student_dir: Path,
+    teacher_dir: Path,
+    steps: int,
+    output_dir: Path,
+    engine: str,
+    *,
+    prompts: int = P,
+    group: int = G,
+    new_tokens: int = NEW_TOKENS,
+    **extra: object,
 ) -> TrainConfig:
-    """The benchmark's training config (P prompts x G rollouts x NEW_TOKENS tokens); `extra` adds fields."""
+    """The benchmark's training config (P prompts x G rollouts x NEW_TOKENS tokens unless `prompts`, `group`,
+    `new_tokens` say otherwise: bench/gpu_check.py's Qwen-shaped runs); `extra` adds fields."""
     return TrainConfig(
         method=method,
         student=str(student_dir),
         teacher=str(teacher_dir) if method != "grpo" else None,
         task={"name": "arithmetic", "levels": [2]},
         steps=steps,
-        batch_size=P * G,
-        group_size=G,
-        max_new_tokens=NEW_TOKENS,
+        batch_size=prompts * group,
+        group_size=group,
+        max_new_tokens=new_tokens,
         lr=1e-5,
         eval_every=0,
         checkpoint_every=0,
@@ -154,6 +165,16 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     med["response_length_mean"] = statistics.median(r["response_length_mean"] for r in rows)
     med["steps_measured"] = len(rows)
     return med
+
+
+def teacher_overhead(grpo: dict[str, float], rlad: dict[str, float], teacher_forward_s: float) -> dict[str, float]:
+    """What rlad's teacher costs a step, in units of one teacher forward over the batch (target: <= 1.1): the
+    step-time difference of rlad and grpo, and rlad's score phase (the only teacher work). `grpo`, `rlad`:
+    `summarize` results."""
+    return {
+        "rlad_minus_grpo_over_teacher_forward": (rlad["time/step"] - grpo["time/step"]) / teacher_forward_s,
+        "rlad_score_over_teacher_forward": rlad["time/score"] / teacher_forward_s,
+    }
 
 
 def measure_trl(python: str, script: str, model_dir: Path, out_dir: Path) -> dict[str, float] | None:
@@ -218,8 +239,7 @@ def main() -> None:
     ratios = {
         "grpo_step_over_floor": g["time/step"] / fl["floor_grpo_s"],
         "rlad_step_over_floor": r["time/step"] / fl["floor_rlad_s"],
-        "rlad_minus_grpo_over_teacher_forward": (r["time/step"] - g["time/step"]) / fl["teacher_forward_s"],
-        "rlad_score_over_teacher_forward": r["time/score"] / fl["teacher_forward_s"],
+        **teacher_overhead(g, r, fl["teacher_forward_s"]),
     }
     if res.get("trl"):
         ratios["grpo_step_over_trl"] = g["time/step"] / res["trl"]["step_s"]
