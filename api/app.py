@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from api import dashboard, errors
 from api.edge import EdgeGuard
 from api.fastpath import JobPollFastPath
-from api.routes import checkpoints, datasets, health, jobs, metrics, queue
+from api.routes import checkpoints, datasets, health, jobs, keys, metrics, queue
 from api.schemas import SPEC_DEFS
 
 log = logging.getLogger("rlad.api")
@@ -33,6 +33,7 @@ def create_app() -> FastAPI:
         checkpoints.router,
         datasets.router,
         queue.router,
+        keys.router,
         health.router,
         dashboard.router,
     ):

@@ -54,9 +54,9 @@ async def _signed_in(request: Request) -> Caller | None:
     return await caller_for_session(token) if token else None
 
 
-def _start_session(team_id: str, ttl_s: float) -> str:
+def _start_session(team_id: str, key_id: str, ttl_s: float) -> str:
     with session_scope() as s:
-        return sessions.create_session(s, team_id=team_id, ttl_s=ttl_s)
+        return sessions.create_session(s, team_id=team_id, ttl_s=ttl_s, key_id=key_id or None)
 
 
 def _end_session(token: str) -> None:
@@ -93,11 +93,11 @@ async def login(
     key = key.strip()
     caller = await caller_for_key(key) if key else None
     if caller is None:
-        error = "Enter your team's API key." if not key else "That key is unknown or revoked."
+        error = "Enter your team's API key." if not key else "That key is unknown, expired or revoked."
         return templates.TemplateResponse(
             request, "login.html", {"next": _safe_next(next), "error": error}, status_code=401
         )
-    token = await run_in_threadpool(_start_session, caller.team_id, settings.ui_session_ttl_s)
+    token = await run_in_threadpool(_start_session, caller.team_id, caller.key_id, settings.ui_session_ttl_s)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

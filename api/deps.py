@@ -18,7 +18,7 @@ from store import jobs as job_store
 from store import sessions, teams
 from store.db import read_session, session_scope
 from store.errors import NotFound
-from store.models import Job
+from store.models import Job, KeyRole
 from store.results import ResultStore, get_result_store
 from store.settings import Settings, get_settings
 
@@ -39,19 +39,53 @@ def get_read_session() -> Iterator[Session]:
 class Caller:
     team_id: str
     team_name: str
+    key_id: str = ""  # the key (or the dashboard sign-in's key) the request came with
+    role: KeyRole = KeyRole.admin
+
+    @classmethod
+    def of(cls, owner: teams.KeyOwner) -> Caller:
+        return cls(owner.team_id, owner.team_name, owner.key_id, owner.role)
 
 
-# key hash -> (caller, expiry): spares a query per request; a revoked key stops working within the TTL
+# key hash -> (caller, expiry): spares a query per request; a revoked or expired key stops working within the
+# TTL (teams.KEY_CACHE_TTL_S, 1 s) in every API process, the poll fast path included
 _KEY_CACHE: dict[str, tuple[Caller, float]] = {}
-_KEY_TTL_S = 30.0
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 def _lookup(key: str) -> Caller | None:
     with read_session() as s:
-        team = teams.team_for_key(s, key=key)
-        return Caller(team.id, team.name) if team else None
+        owner = teams.owner_of_key(s, key=key)
+    if owner is None:
+        return None
+    if owner.use_unrecorded:
+        with session_scope() as s:
+            teams.note_use(s, key_id=owner.key_id)
+    return Caller.of(owner)
+
+
+async def json_body(request: Request) -> None:
+    """A JSON route's body must be JSON (no Content-Type is read as JSON, as FastAPI does)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPException(415, "send the body as JSON with Content-Type: application/json")
+
+
+def forget_key(key_id: str) -> None:
+    """Drop a revoked key from this process's cache at once (other processes: within the cache's TTL)."""
+    for digest, (caller, _) in list(_KEY_CACHE.items()):
+        if caller.key_id == key_id:
+            _KEY_CACHE.pop(digest, None)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's IP address as the server saw it (behind a proxy: run uvicorn with --proxy-headers and
+    --forwarded-allow-ips so that it is the proxy's X-Forwarded-For client)."""
+    return request.client.host if request.client else None
 
 
 def _bearer(authorization: str) -> str | None:
@@ -90,14 +124,14 @@ async def caller_for_key(key: str) -> Caller | None:
     if caller is not None:
         if len(_KEY_CACHE) > 10_000:
             _KEY_CACHE.clear()
-        _KEY_CACHE[teams.hash_key(key)] = (caller, now + _KEY_TTL_S)
+        _KEY_CACHE[teams.hash_key(key)] = (caller, now + teams.KEY_CACHE_TTL_S)
     return caller
 
 
 def _lookup_session(token: str) -> Caller | None:
     with read_session() as s:
-        team = sessions.team_for_session(s, token=token)
-        return Caller(team.id, team.name) if team else None
+        owner = sessions.owner_of_session(s, token=token)
+        return Caller.of(owner) if owner else None
 
 
 async def caller_for_session(token: str) -> Caller | None:
@@ -112,7 +146,7 @@ async def authenticate(request: Request) -> Caller:
     if key is not None:
         caller = await caller_for_key(key)
         if caller is None:
-            raise _unauthorized("unknown or revoked API key")
+            raise _unauthorized("unknown, expired or revoked API key; fix: ask the team's admin for a live key")
         return caller
     token = request.cookies.get(SESSION_COOKIE)
     if not token:

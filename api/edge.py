@@ -3,6 +3,8 @@
 - every /v1 request is authenticated from its headers alone (`api.deps.authenticate`), so a caller without
   a valid key gets 401 however large a body it sends (parsing first let an anonymous 300 MB POST grow the
   process by 900 MB); the caller is left in the scope's state for `api.deps.current_caller`;
+- a key whose role does not allow the request (`store.teams.required_role`: read keys only read, key
+  management and the audit log need an admin key) gets 403, also before the body is read;
 - request bodies are capped: a dataset upload (multipart) at `max_upload_bytes` plus room for the multipart
   framing, everything else at `max_json_bytes`. A Content-Length beyond the cap is refused at once with 413;
   a chunked (or lying) body is counted as it streams in and stopped with 413 at the cap, so nothing past it
@@ -18,11 +20,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import CALLER_STATE, authenticate
 from api.errors import HTTP_CODES, database_unavailable_response, error_response
+from store import teams
 from store.db import is_unavailable
+from store.models import KeyRole
 from store.settings import get_settings
 
 MULTIPART_ALLOWANCE = 64 * 1024  # boundaries, part headers and the small form fields around an uploaded file
 UPLOAD_PATH = "/v1/datasets"
+
+
+def _forbidden(role: KeyRole, needed: KeyRole) -> HTTPException:
+    does = "manages keys and reads the audit log" if needed == KeyRole.admin else "submits, cancels and uploads"
+    return HTTPException(
+        403,
+        f"this key's role is {role}: only a {needed} key {does}; fix: use a {needed} key of the team "
+        "(its admin mints one: POST /v1/keys)",
+    )
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -51,6 +64,10 @@ class EdgeGuard:
                 if not is_unavailable(exc):
                     raise
                 await database_unavailable_response()(scope, receive, send)
+                return
+            needed = teams.required_role(scope["method"], scope["path"])
+            if not teams.allows(caller.role, needed):  # before the body is read, as for a missing key
+                await self._answer(scope, receive, send, _forbidden(caller.role, needed))
                 return
             scope["state"] = {**scope.get("state", {}), CALLER_STATE: caller}
 

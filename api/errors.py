@@ -42,6 +42,7 @@ DB_RETRY_AFTER_S = 5
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",

@@ -8,6 +8,12 @@ from api.schemas import ErrorBody
 
 Responses = dict[int | str, dict[str, Any]]
 E401: Responses = {401: {"model": ErrorBody, "description": "missing or unknown API key"}}
+E403: Responses = {
+    403: {
+        "model": ErrorBody,
+        "description": "the key's role does not allow this (read keys only read; keys and the audit log: admin)",
+    }
+}
 E404: Responses = {404: {"model": ErrorBody, "description": "no such job for this team"}}
 E400: Responses = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
 E422: Responses = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}

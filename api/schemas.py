@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from rlad_core.config import TrainConfig
-from store.models import EventKind, JobStatus
+from store.models import EventKind, JobStatus, KeyRole
 
 # the job spec is rlad_core's TrainConfig; its nested models (tasks) go to the OpenAPI components (api/app.py)
 SPEC_SCHEMA = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -184,3 +184,57 @@ class QueueState(BaseModel):
     queues: list[QueueDepth] = Field(description="the caller's team's jobs per queue")
     totals: QueueTotals = Field(description="the whole cluster's load (no per-team detail)")
     workers: list[WorkerPublic]
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str | None
+    prefix: str = Field(description="the key's first characters, to tell keys apart")
+    role: KeyRole = Field(description="read: poll and download; write: also submit, cancel, upload; admin: also keys")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="to the minute")
+    revoked_at: datetime | None
+    live: bool = Field(description="neither revoked nor expired")
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the key itself: shown this once, never again")
+
+
+class KeyList(BaseModel):
+    items: list[KeyPublic]
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    role: KeyRole = KeyRole.write
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650, description="none: never expires")
+
+
+class KeyRotate(BaseModel):
+    model_config = {"extra": "forbid"}
+    grace_s: float = Field(
+        default=3600, ge=0, le=30 * 86400, description="how long the old key keeps working (0: it ends now)"
+    )
+
+
+class KeyRotated(BaseModel):
+    new: KeyCreated
+    old: KeyPublic
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    action: str = Field(description="job.submit, job.cancel, key.create, key.revoke, key.rotate")
+    target: str = Field(description="the job or key acted on")
+    key_id: str | None = Field(description="the key that acted (none: the operator, `rlad keys create`)")
+    address: str | None = Field(description="the client's IP address")
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class AuditList(BaseModel):
+    items: list[AuditEventPublic]
+    next_after: int | None = Field(description="pass as `after` for the next page (none: no more)")

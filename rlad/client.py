@@ -387,6 +387,33 @@ class Client:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    # ----- keys and the audit log (an admin key) ------------------------------------------------------------
+    def keys(self) -> list[dict[str, Any]]:
+        """The team's keys: id, name, prefix, role, created/expires/last used/revoked times, live."""
+        return self._json("GET", "/v1/keys")["items"]
+
+    def create_key(
+        self, *, role: str = "write", name: str | None = None, expires_in_days: float | None = None
+    ) -> dict[str, Any]:
+        """A new key of the team; `["key"]` holds it in clear, this once."""
+        body: dict[str, Any] = {"role": role}
+        if name is not None:
+            body["name"] = name
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        return self._json("POST", "/v1/keys", json=body)
+
+    def rotate_key(self, key_id: str, *, grace_s: float = 3600) -> dict[str, Any]:
+        """{"new": the new key (with `key` in clear), "old": the old key, now expiring after `grace_s`}."""
+        return self._json("POST", f"/v1/keys/{_seg(key_id)}/rotate", json={"grace_s": grace_s})
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/keys/{_seg(key_id)}")
+
+    def audit(self, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """{"items": [{id, action, target, key_id, address, data, created_at}], "next_after"}, oldest first."""
+        return self._json("GET", "/v1/audit", params={"after": after, "limit": limit})
+
     # ----- datasets ---------------------------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
         """Upload a JSONL dataset; use the returned `task_path` as the `path` of a jsonl task."""

@@ -3,7 +3,8 @@
 store code:
 
     python -m store.admin migrate                    # the database to the newest revision
-    python -m store.admin create-key --team NAME     # mint an API key (printed once, on stdout)
+    python -m store.admin create-key --team NAME [--role admin|write|read] [--name N] [--expires-days D]
+                                                     # mint an API key (printed once, on stdout)
 
 Settings come from the environment (RLAD_DATA_DIR, RLAD_DATABASE_URL), as for the service. Exit code 1 with a
 message naming the database and the fix when it cannot be reached or written.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from store.db import session_scope
 from store.migrate import upgrade
+from store.models import KeyRole, utcnow
 from store.settings import get_settings
 from store.teams import create_api_key
 
@@ -26,9 +29,12 @@ def migrate() -> None:
     upgrade(get_settings().resolved_database_url)
 
 
-def create_key(team: str) -> str:
+def create_key(
+    team: str, *, role: KeyRole = KeyRole.admin, name: str | None = None, expires_days: float | None = None
+) -> str:
+    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
     with session_scope() as session:
-        return create_api_key(session, team_name=team)
+        return create_api_key(session, team_name=team, role=role, name=name, expires_at=expires)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database to the newest Alembic revision")
     key = sub.add_parser("create-key", help="mint an API key for a team (created if new); printed once")
     key.add_argument("--team", required=True, help="team name")
+    key.add_argument("--role", choices=[r.value for r in KeyRole], default="admin", help="default: admin")
+    key.add_argument("--name", default=None, help="a name to tell the key apart in listings")
+    key.add_argument("--expires-days", type=float, default=None, help="default: never expires")
     args = parser.parse_args(argv)
     try:
         if args.command == "migrate":
@@ -45,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             team = args.team.strip()
             if not team:
                 parser.error("--team: the team name is empty")
-            print(create_key(team))
+            if args.expires_days is not None and not 0 < args.expires_days <= 3650:
+                parser.error("--expires-days: must be > 0 and at most 3650")
+            print(create_key(team, role=KeyRole(args.role), name=args.name, expires_days=args.expires_days))
     except SQLAlchemyError as exc:
         url = get_settings().resolved_database_url
         print(f"error: cannot use the database {url}: {str(exc).splitlines()[0]}", file=sys.stderr)

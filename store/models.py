@@ -113,6 +113,15 @@ class Team(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class KeyRole(enum.StrEnum):
+    """What a key may do (store.teams.ALLOWED): read polls and downloads; write also submits, cancels and
+    uploads; admin also manages the team's keys and reads its audit log."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
@@ -120,8 +129,12 @@ class ApiKey(Base):
     # sha256 of the whole key: keys are 256-bit random, so a fast hash is enough (no dictionary to attack)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell keys apart in listings
+    name: Mapped[str | None] = mapped_column(String(100), default=None)
+    role: Mapped[KeyRole] = mapped_column(_enum(KeyRole, "key_role"), default=KeyRole.admin)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)  # to the minute (store.teams)
 
 
 class Job(Base):
@@ -249,8 +262,25 @@ class UiSession(Base):
     __tablename__ = "ui_sessions"
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    # the key signed in with: the sign-in has its role and ends when the key is revoked or expires
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class AuditEvent(Base):
+    """Who did what to the team's jobs and keys, when and from where (GET /v1/audit, admin keys)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_team_id_id", "team_id", "id"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(String(40), default=None)  # None: the operator (rlad keys create)
+    action: Mapped[str] = mapped_column(String(32))  # job.submit, job.cancel, key.create, key.revoke, key.rotate
+    target: Mapped[str] = mapped_column(String(40))  # the job or key acted on
+    address: Mapped[str | None] = mapped_column(String(64), default=None)  # the client's IP address
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Checkpoint(Base):

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from api.deps import PRINTABLE_PATTERN, CallerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
-from api.responses import E400, E401, E422
+from api.responses import E400, E401, E403, E422
 from api.schemas import DatasetList, DatasetPublic, ErrorBody
 from store import datasets as ds_store
 from store.jobs import DATASET_SCHEME
@@ -38,6 +38,7 @@ def _public(d: Dataset) -> DatasetPublic:
         413: {"model": ErrorBody, "description": "the file is larger than the upload limit (RLAD_MAX_UPLOAD_BYTES)"},
         **E400,
         **E401,
+        **E403,
         **E422,
     },
 )

@@ -5,13 +5,25 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 
-from api.deps import JOB_ID_PATTERN, CallerDep, JobId, OwnedJob, QueryText, ReadSessionDep, SessionDep, SettingsDep
+from api.deps import (
+    JOB_ID_PATTERN,
+    CallerDep,
+    JobId,
+    OwnedJob,
+    QueryText,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    client_address,
+    json_body,
+)
 from api.job_cache import job_cache
 from api.presenters import job_public
-from api.responses import E400, E401, E404, E413, E415, E422, E429
+from api.responses import E400, E401, E403, E404, E413, E415, E422, E429
 from api.schemas import SPEC_SCHEMA, ErrorBody, EventList, EventPublic, JobList, JobPublic
+from store import audit
 from store import jobs as job_store
 from store.dispatch import dispatch_job
 from store.errors import InvalidSpec
@@ -21,16 +33,6 @@ from store.settings import get_settings
 
 log = logging.getLogger("rlad.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-async def json_body(request: Request) -> None:
-    """A JSON route's body must be JSON (no Content-Type is read as JSON, as FastAPI does)."""
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        return
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise HTTPException(415, "send the job spec as JSON with Content-Type: application/json")
 
 
 def _nul_field(value: Any, path: str = "") -> str | None:
@@ -57,6 +59,7 @@ def _nul_field(value: Any, path: str = "") -> str | None:
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different body"},
         **E400,
         **E401,
+        **E403,
         **E413,
         **E415,
         **E422,
@@ -69,6 +72,7 @@ def submit(
     session: SessionDep,
     caller: CallerDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     spec: Annotated[dict[str, Any], Body()],
     idempotency_key: Annotated[
@@ -92,6 +96,15 @@ def submit(
     if not created:
         response.status_code = 200
         return job_public(session, job)
+    audit.record(
+        session,
+        team_id=caller.team_id,
+        key_id=caller.key_id or None,
+        action="job.submit",
+        target=job.id,
+        address=client_address(request),
+        data={"method": job.method, "name": job.name, "steps": job.total_steps},
+    )
     # commit before the message leaves: a worker must find the row it is handed
     session.commit()
     try:
@@ -141,11 +154,20 @@ async def get_job(job_id: JobId, caller: CallerDep) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses={**E401, **E404})
-def cancel(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses={**E401, **E403, **E404})
+def cancel(job_id: JobId, session: SessionDep, caller: CallerDep, request: Request) -> JobPublic:
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` once the trainer has saved a final
     checkpoint and stopped. Terminal: unchanged (cancel is idempotent)."""
     job = job_store.request_cancel(session, team_id=caller.team_id, job_id=job_id)
+    audit.record(
+        session,
+        team_id=caller.team_id,
+        key_id=caller.key_id or None,
+        action="job.cancel",
+        target=job.id,
+        address=client_address(request),
+        data={"status": job.status.value},
+    )
     job_cache.drop(job_id)
     log.info("job %s: cancel requested by team %s -> %s", job.id, caller.team_name, job.status.value)
     return job_public(session, job)

@@ -1,33 +1,61 @@
-"""Running the service on this machine: `rlad up`, `rlad demo`, `rlad keys`."""
+"""Running the service on this machine: `rlad up`, `rlad demo`; its keys and audit log: `rlad keys`, `rlad audit`."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from rich import box
 from rich.markup import escape
+from rich.table import Table
 
-from rlad.cli.common import console, err, print_eval, print_job_error, service_errors, wait_with_progress
+from rlad.cli.common import (
+    client_from_env,
+    console,
+    err,
+    fmt_time,
+    print_eval,
+    print_job_error,
+    service_errors,
+    wait_with_progress,
+)
+
+Role = Literal["read", "write", "admin"]
 
 PANEL = "Service"
 app = typer.Typer()
-keys_app = typer.Typer(help="API keys (written straight into the service's database).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: create (the operator, straight into the service's database); new, list, rotate, revoke "
+    "(a team's admin key, over the API).",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys", rich_help_panel=PANEL)
 
 
 @keys_app.command("create")
-def keys_create(team: Annotated[str, typer.Option(help="team name (created if new)")]) -> None:
-    """Mint an API key for a team in the service's database (RLAD_DATA_DIR / RLAD_DATABASE_URL); shown once."""
+def keys_create(
+    team: Annotated[str, typer.Option(help="team name (created if new)")],
+    role: Annotated[Role, typer.Option(help="read: poll, download; write: also submit, cancel; admin: also keys")] = (
+        "admin"
+    ),
+    name: Annotated[str | None, typer.Option(help="a name to tell the key apart in listings")] = None,
+    expires_days: Annotated[float | None, typer.Option(min=0.001, max=3650, help="default: never expires")] = None,
+) -> None:
+    """Mint an API key for a team in the service's database (RLAD_DATA_DIR / RLAD_DATABASE_URL); shown once.
+    The operator's way in; a team's admin key mints more over the API (rlad keys new)."""
     import subprocess
 
     from rlad.service import admin_command
 
     if not team.strip():
         raise typer.BadParameter("the team name is empty", param_hint="--team")
+    args = ["create-key", "--team", team.strip(), "--role", role]
+    args += ["--name", name] if name else []
+    args += ["--expires-days", str(expires_days)] if expires_days else []
     # through the store's own command line: this side of the project imports no store code
-    done = subprocess.run(admin_command("create-key", "--team", team.strip()), capture_output=True, text=True)
+    done = subprocess.run(admin_command(*args), capture_output=True, text=True)
     if done.returncode != 0:
         if "No module named" in done.stderr:
             err.print(
@@ -39,7 +67,82 @@ def keys_create(team: Annotated[str, typer.Option(help="team name (created if ne
         raise typer.Exit(1)
     key = done.stdout.strip()
     console.print(key, highlight=False, soft_wrap=True)
-    err.print(f"API key for team {escape(team)}; it is shown only this once: use it as RLAD_API_KEY")
+    err.print(f"{role} key for team {escape(team)}; it is shown only this once: use it as RLAD_API_KEY")
+
+
+@keys_app.command("new")
+def keys_new(
+    role: Annotated[Role, typer.Option(help="read: poll, download; write: also submit, cancel; admin: also keys")] = (
+        "write"
+    ),
+    name: Annotated[str | None, typer.Option(help="a name to tell the key apart in listings")] = None,
+    expires_days: Annotated[float | None, typer.Option(min=0.001, max=3650, help="default: never expires")] = None,
+) -> None:
+    """Mint a key for your team over the API (needs an admin key in RLAD_API_KEY); shown once."""
+    with service_errors(), client_from_env() as client:
+        created = client.create_key(role=role, name=name, expires_in_days=expires_days)
+    console.print(created["key"], highlight=False, soft_wrap=True)
+    err.print(f"{created['role']} key {created['id']}; it is shown only this once")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Your team's keys: role, expiry, last use (needs an admin key)."""
+    with service_errors(), client_from_env() as client:
+        items = client.keys()
+    table = Table(title=f"keys ({len(items)})", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("id", "name", "role", "expires", "last used", "state"):
+        table.add_column(col, no_wrap=col != "name", overflow="fold", min_width=10 if col == "name" else None)
+    for k in items:
+        state = "live" if k["live"] else ("revoked" if k["revoked_at"] else "expired")
+        table.add_row(
+            k["id"],
+            escape(k["name"] or ""),
+            k["role"],
+            fmt_time(k["expires_at"], short=True),
+            fmt_time(k["last_used_at"], short=True),
+            state if state == "live" else f"[red]{state}[/]",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="from rlad keys list")]) -> None:
+    """Revoke a key of your team: refused within a second everywhere (needs an admin key)."""
+    with service_errors(), client_from_env() as client:
+        key = client.revoke_key(key_id)
+    console.print(f"revoked {key['id']} ({key['prefix']}..., {key['role']})", highlight=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="from rlad keys list")],
+    grace_s: Annotated[float, typer.Option(min=0, max=30 * 86400, help="how long the old key keeps working")] = 3600,
+) -> None:
+    """A new key with the old one's name and role; the old one ends after the grace period (needs an admin key)."""
+    with service_errors(), client_from_env() as client:
+        rotated = client.rotate_key(key_id, grace_s=grace_s)
+    console.print(rotated["new"]["key"], highlight=False, soft_wrap=True)
+    err.print(f"new key {rotated['new']['id']}; {key_id} works until {fmt_time(rotated['old']['expires_at'])}")
+
+
+@app.command(rich_help_panel=PANEL)
+def audit(
+    after: Annotated[int, typer.Option(help="events after this id")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 100,
+) -> None:
+    """Your team's audit log: submissions, cancellations, key changes (needs an admin key)."""
+    with service_errors(), client_from_env() as client:
+        page = client.audit(after=after, limit=limit)
+    for e in page["items"]:
+        who = e["key_id"] or "the operator"
+        console.print(
+            f"{e['id']:>6}  {fmt_time(e['created_at'])}  {e['action']:<10}  {e['target']}  by {who}"
+            + (f" from {e['address']}" if e["address"] else ""),
+            highlight=False,
+        )
+    if page["next_after"]:
+        console.print(f"more: rlad audit --after {page['next_after']}", highlight=False)
 
 
 @app.command(rich_help_panel=PANEL)

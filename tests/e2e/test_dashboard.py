@@ -21,7 +21,7 @@ def test_sign_in_sets_a_secure_http_only_cookie_and_a_wrong_key_is_refused(page,
     assert "/ui/login" in page.url  # not signed in: the sign-in page, remembering where to go
     page.get_by_label("API key").fill("rlad_not_a_key")
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").inner_text() == "That key is unknown or revoked."
+    assert page.get_by_role("alert").inner_text() == "That key is unknown, expired or revoked."
     sign_in(page, service, service.api_key)
     (cookie,) = page.context.cookies()
     assert (

@@ -323,3 +323,35 @@ def test_cli_keys_and_datasets(service, cli_env, tmp_path, monkeypatch):
     broken.write_text('{"prompt": "1+1=", "answer": "2"}\nnot json\n')
     bad = runner.invoke(app, ["datasets", "upload", str(broken)], env=cli_env)
     assert bad.exit_code == 2 and "line 2" in bad.output
+
+
+def test_cli_keys_new_list_rotate_revoke_and_audit(service, cli_env):
+    # rlad up's key is the team's admin key: it mints, lists, rotates and revokes the team's keys
+    made = runner.invoke(
+        app, ["keys", "new", "--role", "read", "--name", "grafana", "--expires-days", "30"], env=cli_env
+    )
+    assert made.exit_code == 0, made.output
+    read_key = made.stdout.strip()
+    reader = {"RLAD_URL": service.base_url, "RLAD_API_KEY": read_key}
+    assert runner.invoke(app, ["list"], env=reader).exit_code == 0
+    refused = runner.invoke(app, ["keys", "list"], env=reader)
+    assert refused.exit_code != 0 and "role is read" in " ".join(refused.output.split())
+    listed = runner.invoke(app, ["keys", "list"], env=cli_env)
+    out = " ".join(listed.output.split())
+    assert listed.exit_code == 0 and "grafana" in out and "read" in out and "admin" in out
+    key_id = next(k["id"] for k in Client(service.base_url, service.api_key).keys() if k["name"] == "grafana")
+    rotated = runner.invoke(app, ["keys", "rotate", key_id, "--grace-s", "0"], env=cli_env)
+    assert rotated.exit_code == 0, rotated.output
+    new_key = rotated.stdout.strip()
+    assert new_key.startswith("rlad_") and new_key != read_key
+    new_id = next(
+        k["id"] for k in Client(service.base_url, service.api_key).keys() if k["live"] and k["name"] == "grafana"
+    )
+    revoked = runner.invoke(app, ["keys", "revoke", new_id], env=cli_env)
+    assert revoked.exit_code == 0 and f"revoked {new_id}" in revoked.output
+    gone = runner.invoke(app, ["list"], env={"RLAD_URL": service.base_url, "RLAD_API_KEY": new_key})
+    assert gone.exit_code != 0 and "revoked" in gone.output
+    log = runner.invoke(app, ["audit"], env=cli_env)
+    out = " ".join(log.output.split())
+    assert log.exit_code == 0 and "key.create" in out and "key.rotate" in out and "key.revoke" in out
+    assert "127.0.0.1" in out

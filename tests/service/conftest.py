@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -137,6 +141,43 @@ def client(service_env: dict[str, str]):
 
     with TestClient(create_app(), raise_server_exceptions=False) as c:
         yield c
+
+
+@contextmanager
+def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[int]:
+    """`uvicorn api.app:create_app` in its own process (`workers` API processes) with `env` over ours; yields
+    its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+        ],
+        env={**os.environ, **env},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def model_roots_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

@@ -23,7 +23,7 @@ def test_pages_send_a_signed_out_browser_to_sign_in_and_back(client, keys) -> No
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/jobs%3Fstatus%3Drunning"
     assert client.get("/", follow_redirects=False).headers["location"] == "/ui/jobs"
     bad = client.post("/ui/login", data={"key": "rlad_nope", "next": "/ui/queue"}, follow_redirects=False)
-    assert bad.status_code == 401 and "unknown or revoked" in bad.text
+    assert bad.status_code == 401 and "unknown, expired or revoked" in bad.text
     ok = client.post("/ui/login", data={"key": keys["red"], "next": "/ui/queue"}, follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/ui/queue"
     cookie = ok.headers["set-cookie"].lower()

@@ -6,59 +6,21 @@ PostgreSQL, and a real uvicorn server where the socket matters."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.service.conftest import auth, free_port
+from tests.service.conftest import auth, free_port, uvicorn_server
 
 SPEC = {"student": "org/student", "teacher": "org/teacher", "steps": 5, "batch_size": 8, "group_size": 4}
 
 
 def submit(client, key: str, spec: dict | None = None, **headers: str) -> httpx.Response:
     return client.post("/v1/jobs", json=spec or SPEC, headers={**auth(key), **headers})
-
-
-@contextlib.contextmanager
-def uvicorn_server(env: dict[str, str]) -> Iterator[int]:
-    """`uvicorn api.app:create_app` in its own process with `env` over ours; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.1)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
@@ -317,7 +279,7 @@ def test_unparsable_json_is_400_and_a_non_json_body_is_415(client, keys) -> None
     assert r.status_code == 415 and r.json()["error"] == {
         "code": "unsupported_media_type",
         "fields": [],
-        "message": "send the job spec as JSON with Content-Type: application/json",
+        "message": "send the body as JSON with Content-Type: application/json",
     }
     assert client.get("/v1/jobs", headers=auth(keys["red"])).json()["items"] == []
     r = client.post(

@@ -23,6 +23,7 @@ OUR_TABLES = {
     "job_samples",
     "workers",
     "ui_sessions",
+    "audit_events",
     "alembic_version",
 }
 
