@@ -52,6 +52,15 @@ def create_app() -> FastAPI:
                 if path.startswith("/v1/"):
                     for op in ops.values():
                         op["security"] = [{"bearer": []}]
+                        op["responses"].setdefault(
+                            "429",
+                            {
+                                "description": "over the key's request rate (RLAD_RATE_LIMIT_PER_S); retry after "
+                                "`Retry-After` seconds",
+                                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                            },
+                        )
                         # any /v1 call needs the database (the key lookup at least)
                         op["responses"].setdefault(
                             "503",

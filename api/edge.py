@@ -3,6 +3,7 @@
 - every /v1 request is authenticated from its headers alone (`api.deps.authenticate`), so a caller without
   a valid key gets 401 however large a body it sends (parsing first let an anonymous 300 MB POST grow the
   process by 900 MB); the caller is left in the scope's state for `api.deps.current_caller`;
+- a key over its request rate (`api.ratelimit`) gets 429 with Retry-After;
 - a key whose role does not allow the request (`store.teams.required_role`: read keys only read, key
   management and the audit log need an admin key) gets 403, also before the body is read;
 - request bodies are capped: a dataset upload (multipart) at `max_upload_bytes` plus room for the multipart
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import ratelimit
 from api.deps import CALLER_STATE, authenticate
 from api.errors import HTTP_CODES, database_unavailable_response, error_response
 from store import teams
@@ -35,6 +37,15 @@ def _forbidden(role: KeyRole, needed: KeyRole) -> HTTPException:
         403,
         f"this key's role is {role}: only a {needed} key {does}; fix: use a {needed} key of the team "
         "(its admin mints one: POST /v1/keys)",
+    )
+
+
+def _rate_limited(rate: float, wait_s: float) -> HTTPException:
+    return HTTPException(
+        429,
+        f"too many requests with this key: the limit is {rate:g} a second (rate_limit_per_s); "
+        f"fix: retry after {ratelimit.retry_after(wait_s)} s, poll less often, or stream metrics",
+        headers={"Retry-After": ratelimit.retry_after(wait_s)},
     )
 
 
@@ -68,6 +79,13 @@ class EdgeGuard:
             needed = teams.required_role(scope["method"], scope["path"])
             if not teams.allows(caller.role, needed):  # before the body is read, as for a missing key
                 await self._answer(scope, receive, send, _forbidden(caller.role, needed))
+                return
+            settings = get_settings()
+            wait = ratelimit.buckets(settings.rate_limit_per_s, settings.rate_limit_burst).take(
+                caller.key_id or caller.team_id
+            )
+            if wait > 0:
+                await self._answer(scope, receive, send, _rate_limited(settings.rate_limit_per_s, wait))
                 return
             scope["state"] = {**scope.get("state", {}), CALLER_STATE: caller}
 

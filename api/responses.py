@@ -24,8 +24,9 @@ E415: Responses = {
 E429: Responses = {
     429: {
         "model": ErrorBody,
-        "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running; "
-        "retry after `Retry-After` seconds",
+        "description": "the team has RLAD_MAX_ACTIVE_JOBS_PER_TEAM jobs queued or running, is at its storage "
+        "limit (RLAD_MAX_STORAGE_BYTES_PER_TEAM), or the key is over its request rate; retry after `Retry-After` "
+        "seconds",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     }
 }

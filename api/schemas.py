@@ -238,3 +238,22 @@ class AuditEventPublic(BaseModel):
 class AuditList(BaseModel):
     items: list[AuditEventPublic]
     next_after: int | None = Field(description="pass as `after` for the next page (none: no more)")
+
+
+class UsagePublic(BaseModel):
+    active_jobs: int = Field(description="queued, starting, running or cancelling")
+    max_active_jobs: int = Field(description="RLAD_MAX_ACTIVE_JOBS_PER_TEAM: submissions beyond it get 429")
+    checkpoints: int
+    checkpoint_bytes: int
+    datasets: int
+    dataset_bytes: int
+    storage_bytes: int = Field(description="checkpoints and datasets")
+    max_storage_bytes: int | None = Field(
+        description="RLAD_MAX_STORAGE_BYTES_PER_TEAM: at or over it new jobs and uploads get 429 (none: no limit)"
+    )
+    max_rollouts_per_job: int = Field(description="RLAD_MAX_ROLLOUTS_PER_JOB: largest steps x batch_size (422)")
+    max_upload_bytes: int = Field(description="RLAD_MAX_UPLOAD_BYTES: largest dataset upload (413)")
+    rate_limit_per_s: float | None = Field(
+        description="RLAD_RATE_LIMIT_PER_S: requests per second per key in each API process (429; none: no limit)"
+    )
+    rate_limit_burst: int = Field(description="RLAD_RATE_LIMIT_BURST: requests a key may send at once")

@@ -132,7 +132,13 @@ class BenchDatabase:
         admin.dispose()
         work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
         url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        env = {**os.environ, "RLAD_DATABASE_URL": url, "RLAD_DATA_DIR": str(work), "RLAD_BROKER_URL": "memory://"}
+        env = {
+            **os.environ,
+            "RLAD_DATABASE_URL": url,
+            "RLAD_DATA_DIR": str(work),
+            "RLAD_BROKER_URL": "memory://",
+            "RLAD_RATE_LIMIT_PER_S": "0",
+        }  # the load is one key: no per-key rate limit
         os.environ.update({k: v for k, v in env.items() if k.startswith("RLAD_")})
         return cls(name, url, work, env)
 

@@ -387,6 +387,10 @@ class Client:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def usage(self) -> dict[str, Any]:
+        """The team's jobs and storage against its limits (GET /v1/usage)."""
+        return self._json("GET", "/v1/usage")
+
     # ----- keys and the audit log (an admin key) ------------------------------------------------------------
     def keys(self) -> list[dict[str, Any]]:
         """The team's keys: id, name, prefix, role, created/expires/last used/revoked times, live."""

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlad_core.tasks.jsonl import DatasetError, validate_jsonl_lines
+from store import usage
 from store.errors import InvalidDataset, TooLarge
 from store.models import Dataset
 from store.results import ResultStore
@@ -30,10 +31,12 @@ def ingest_dataset(
     name: str | None,
     store: ResultStore,
     max_bytes: int,
+    storage_limit: int = 0,
 ) -> Dataset:
     """Read `upload` in chunks (more than `max_bytes`: `TooLarge`), validate every line (`InvalidDataset` naming
     the first bad one), store the bytes in the result store and record the dataset (the team's existing row when
-    the same bytes came before). `name` defaults to the file's name."""
+    the same bytes came before). `name` defaults to the file's name. New bytes that would take the team's storage
+    over `storage_limit` (0: none) raise `QuotaExceeded` before anything is stored."""
     digest, size = hashlib.sha256(), 0
     source = filename or "upload.jsonl"
     with tempfile.TemporaryFile() as tmp:
@@ -51,6 +54,9 @@ def ingest_dataset(
             examples = validate_jsonl_lines(tmp, source=source)
         except DatasetError as exc:
             raise InvalidDataset(str(exc), line=exc.line) from None
+        same = session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == digest.hexdigest()))
+        if same is None:
+            usage.check_storage(session, team_id=team_id, limit=storage_limit, adding=size)
         tmp.seek(0)
         location = store.put_dataset(team_id, digest.hexdigest(), iter(lambda: tmp.read(CHUNK), b""))
     # the file name is the client's text: no control characters (PostgreSQL refuses a NUL) and a bounded length

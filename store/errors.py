@@ -67,13 +67,15 @@ class TooLarge(StoreError):
 
 
 class QuotaExceeded(StoreError):
-    """A team already has as many active jobs as the limit allows; nothing was stored."""
+    """A team is at one of its limits (by default: as many active jobs as allowed); nothing was stored.
+    `setting` names the limit, `limit` its value."""
 
     code = "quota_exceeded"
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, message: str | None = None, *, setting: str = "max_active_jobs_per_team"):
+        self.limit, self.setting = limit, setting
         super().__init__(
-            f"the team already has {limit} jobs queued or running (max_active_jobs_per_team={limit}); "
+            message
+            or f"the team already has {limit} jobs queued or running (max_active_jobs_per_team={limit}); "
             "fix: wait for some to finish, or cancel some"
         )

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlad_core.config import ConfigError, parse_config
-from store import gangs, refs, states
+from store import gangs, refs, states, usage
 from store import workers as worker_store
 from store.errors import IdempotencyConflict, InvalidSpec, NotFound, QuotaExceeded
 from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
@@ -113,14 +113,6 @@ def place_job(session: Session, *, resolved: dict[str, Any], queues: list[str], 
     )
 
 
-def count_active_jobs(session: Session, *, team_id: str) -> int:
-    """The team's jobs that hold or wait for a worker: queued, starting, running, cancelling (the quota)."""
-    n = session.scalar(
-        select(func.count()).select_from(Job).where(Job.team_id == team_id, Job.status.in_({S.queued, *states.ACTIVE}))
-    )
-    return int(n or 0)
-
-
 def submit_job(
     session: Session,
     *,
@@ -136,21 +128,35 @@ def submit_job(
     With an idempotency key, the same key and body return the existing job (created=False); the same key
     with another body raises `IdempotencyConflict`. Concurrent submissions with one key create one job:
     the unique constraint (team, key) decides, inside a savepoint. A team with `max_active` active jobs
-    (`count_active_jobs`) gets `QuotaExceeded` and nothing is stored (a repeated idempotent request still
+    (`usage.count_active_jobs`) gets `QuotaExceeded` and nothing is stored (a repeated idempotent request still
     returns its job). `queue`: the queue, or the queues in order of preference (`place_job` picks one)."""
     digest = request_hash(spec)
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, team_id, idempotency_key)
         if existing is not None:
             return _same_request(existing, idempotency_key, digest), False
-    if max_active is not None and count_active_jobs(session, team_id=team_id) >= max_active:
+    if max_active is not None and usage.count_active_jobs(session, team_id=team_id) >= max_active:
         raise QuotaExceeded(max_active)
+    settings = get_settings()
+    usage.check_storage(session, team_id=team_id, limit=settings.max_storage_bytes_per_team)
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
+    rollouts = int(resolved["steps"]) * int(resolved["batch_size"])
+    if rollouts > settings.max_rollouts_per_job:
+        raise InvalidSpec(
+            [
+                (
+                    "steps",
+                    f"steps x batch_size = {rollouts} rollouts is over the service's limit of "
+                    f"{settings.max_rollouts_per_job} per job (max_rollouts_per_job); fix: fewer steps or a "
+                    "smaller batch_size, or split the run into jobs that resume from checkpoint:<job>",
+                )
+            ]
+        )
     queue = place_job(
         session,
         resolved=resolved,
         queues=[queue] if isinstance(queue, str) else queue,
-        timeout_s=get_settings().heartbeat_timeout_s,
+        timeout_s=settings.heartbeat_timeout_s,
     )
     job = Job(
         team_id=team_id,

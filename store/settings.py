@@ -119,6 +119,24 @@ class Settings(BaseSettings):
     max_active_jobs_per_team: int = Field(
         default=100, ge=1, description="a team's jobs queued or running at once; a submission beyond it gets 429"
     )
+    max_rollouts_per_job: int = Field(
+        default=10_000_000,
+        ge=1,
+        description="largest steps x batch_size of one job (the paper's runs: 300 x 256 = 76,800); 422 beyond it",
+    )
+    max_storage_bytes_per_team: int = Field(
+        default=1 << 40,
+        ge=0,
+        description="a team's checkpoints and datasets, in bytes (GET /v1/usage); at or over it, new jobs and "
+        "uploads get 429 (running jobs keep checkpointing); 0: no limit",
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="requests per second per key, in each API process (a token bucket; 429 with Retry-After "
+        "beyond it); 0: no limit",
+    )
+    rate_limit_burst: int = Field(default=100, ge=1, description="requests a key may send at once above the rate")
     ui_session_ttl_s: float = Field(
         default=12 * 3600,
         gt=0,

@@ -40,6 +40,7 @@ def _public(d: Dataset) -> DatasetPublic:
         **E401,
         **E403,
         **E422,
+        429: {"model": ErrorBody, "description": "the team is at its storage limit (RLAD_MAX_STORAGE_BYTES_PER_TEAM)"},
     },
 )
 def upload(
@@ -59,6 +60,7 @@ def upload(
         name=name,
         store=store,
         max_bytes=settings.max_upload_bytes,
+        storage_limit=settings.max_storage_bytes_per_team,
     )
     log.info("dataset %s: %d examples uploaded by team %s", ds.id, ds.lines, caller.team_name)
     return _public(ds)

@@ -1,5 +1,5 @@
 """The shared queues and the workers that serve them: a team sees its own jobs per queue, the cluster's load only
-as totals, and the workers without others' job ids."""
+as totals, and the workers without others' job ids; and the team's usage against its limits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from fastapi import APIRouter
 
 from api.deps import CallerDep, ReadSessionDep, SettingsDep
 from api.responses import E401
-from api.schemas import QueueDepth, QueueState, QueueTotals, WorkerPublic
+from api.schemas import QueueDepth, QueueState, QueueTotals, UsagePublic, WorkerPublic
+from store import usage as usage_store
 from store import workers as worker_store
 
 router = APIRouter(prefix="/v1", tags=["queue"])
@@ -35,4 +36,25 @@ def queue_state(session: ReadSessionDep, caller: CallerDep, settings: SettingsDe
             )
             for w in workers
         ],
+    )
+
+
+@router.get("/usage", response_model=UsagePublic, responses={**E401})
+def usage(session: ReadSessionDep, caller: CallerDep, settings: SettingsDep) -> UsagePublic:
+    """The team's jobs and storage against its limits, and the limits on each request (set by the operator:
+    docs/operations.md, "Limits")."""
+    u = usage_store.team_usage(session, team_id=caller.team_id)
+    return UsagePublic(
+        active_jobs=u.active_jobs,
+        max_active_jobs=settings.max_active_jobs_per_team,
+        checkpoints=u.checkpoints,
+        checkpoint_bytes=u.checkpoint_bytes,
+        datasets=u.datasets,
+        dataset_bytes=u.dataset_bytes,
+        storage_bytes=u.storage_bytes,
+        max_storage_bytes=settings.max_storage_bytes_per_team or None,
+        max_rollouts_per_job=settings.max_rollouts_per_job,
+        max_upload_bytes=settings.max_upload_bytes,
+        rate_limit_per_s=settings.rate_limit_per_s or None,
+        rate_limit_burst=settings.rate_limit_burst,
     )

@@ -127,6 +127,36 @@ def keys_rotate(
 
 
 @app.command(rich_help_panel=PANEL)
+def usage() -> None:
+    """Your team's jobs and storage against its limits."""
+    with service_errors(), client_from_env() as client:
+        u = client.usage()
+    cap = u["max_storage_bytes"]
+    console.print(f"jobs queued or running: {u['active_jobs']} of {u['max_active_jobs']}", highlight=False)
+    console.print(
+        f"storage: {u['storage_bytes'] / 2**30:.2f} GiB of {cap / 2**30:.0f} GiB"
+        if cap
+        else f"storage: {u['storage_bytes'] / 2**30:.2f} GiB (no limit)",
+        highlight=False,
+    )
+    console.print(
+        f"  {u['checkpoints']} checkpoints ({u['checkpoint_bytes'] / 2**30:.2f} GiB), "
+        f"{u['datasets']} datasets ({u['dataset_bytes'] / 2**20:.1f} MiB)",
+        highlight=False,
+    )
+    rate = (
+        f"{u['rate_limit_per_s']:g} requests/s per key (burst {u['rate_limit_burst']})"
+        if u["rate_limit_per_s"]
+        else "none"
+    )
+    console.print(
+        f"per job: steps x batch_size <= {u['max_rollouts_per_job']:,}; "
+        f"uploads <= {u['max_upload_bytes'] / 2**20:.0f} MiB; rate limit: {rate}",
+        highlight=False,
+    )
+
+
+@app.command(rich_help_panel=PANEL)
 def audit(
     after: Annotated[int, typer.Option(help="events after this id")] = 0,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 100,

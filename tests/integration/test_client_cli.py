@@ -351,6 +351,10 @@ def test_cli_keys_new_list_rotate_revoke_and_audit(service, cli_env):
     assert revoked.exit_code == 0 and f"revoked {new_id}" in revoked.output
     gone = runner.invoke(app, ["list"], env={"RLAD_URL": service.base_url, "RLAD_API_KEY": new_key})
     assert gone.exit_code != 0 and "revoked" in gone.output
+    usage = runner.invoke(app, ["usage"], env=cli_env)
+    out = " ".join(usage.output.split())
+    assert usage.exit_code == 0 and "jobs queued or running:" in out and "of 100" in out and "TiB" not in out
+    assert "steps x batch_size <= 10,000,000" in out and "50 requests/s per key" in out
     log = runner.invoke(app, ["audit"], env=cli_env)
     out = " ".join(log.output.split())
     assert log.exit_code == 0 and "key.create" in out and "key.rotate" in out and "key.revoke" in out

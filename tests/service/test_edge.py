@@ -318,6 +318,7 @@ def test_count_active_jobs_counts_queued_and_held_jobs_only(client, keys) -> Non
     from store import jobs as job_store
     from store.db import session_scope
     from store.teams import team_for_key
+    from store.usage import count_active_jobs
 
     ids = [submit(client, keys["red"]).json()["id"] for _ in range(3)]
     with session_scope() as s:
@@ -325,8 +326,8 @@ def test_count_active_jobs_counts_queued_and_held_jobs_only(client, keys) -> Non
         job_store.claim_job(s, job_id=ids[0], worker="gpu@a")
         job_store.request_cancel(s, team_id=red, job_id=ids[1])
     with session_scope() as s:
-        assert job_store.count_active_jobs(s, team_id=red) == 2  # starting + queued; the cancelled one is done
-        assert job_store.count_active_jobs(s, team_id=blue) == 0
+        assert count_active_jobs(s, team_id=red) == 2  # starting + queued; the cancelled one is done
+        assert count_active_jobs(s, team_id=blue) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
