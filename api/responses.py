@@ -15,6 +15,9 @@ E403: Responses = {
     }
 }
 E404: Responses = {404: {"model": ErrorBody, "description": "no such job for this team"}}
+E409: Responses = {
+    409: {"model": ErrorBody, "description": "the job's status does not allow this (e.g. resuming a finished job)"}
+}
 E400: Responses = {400: {"model": ErrorBody, "description": "the body could not be parsed (not JSON / not multipart)"}}
 E422: Responses = {422: {"model": ErrorBody, "description": "invalid request; `fields` names each field and its fix"}}
 E413: Responses = {413: {"model": ErrorBody, "description": "the body is larger than the server's limit"}}

@@ -227,7 +227,7 @@ class KeyRotated(BaseModel):
 
 class AuditEventPublic(BaseModel):
     id: int
-    action: str = Field(description="job.submit, job.cancel, key.create, key.revoke, key.rotate")
+    action: str = Field(description="job.submit, job.cancel, job.pause, job.resume, key.create, key.revoke, key.rotate")
     target: str = Field(description="the job or key acted on")
     key_id: str | None = Field(description="the key that acted (none: the operator, `rlad keys create`)")
     address: str | None = Field(description="the client's IP address")

@@ -248,6 +248,14 @@ class Client:
     def cancel(self, job_id: str) -> JobDict:
         return self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel")
 
+    def pause(self, job_id: str) -> JobDict:
+        """Queued: paused at once; running: `pausing`, then `paused` once it has checkpointed (the worker is free)."""
+        return self._json("POST", f"/v1/jobs/{_seg(job_id)}/pause")
+
+    def resume(self, job_id: str) -> JobDict:
+        """A paused job goes back to the queue; it resumes from its last checkpoint."""
+        return self._json("POST", f"/v1/jobs/{_seg(job_id)}/resume")
+
     def events(self, job_id: str, after: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Events with an id larger than `after`, oldest first: [{"id", "kind", "attempt", "data", "created_at"}]."""
         params: dict[str, Any] = {}

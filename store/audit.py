@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from store.models import AuditEvent
 
-ACTIONS = ("job.submit", "job.cancel", "key.create", "key.revoke", "key.rotate")
+ACTIONS = ("job.submit", "job.cancel", "job.pause", "job.resume", "key.create", "key.revoke", "key.rotate")
 
 
 def record(

@@ -258,8 +258,8 @@ class Progress:
 def progress(job: Job, now: datetime | None = None) -> Progress:
     now = now or utcnow()
     eta = None
-    if job.seconds_per_step is not None and not states.is_terminal(job.status):
-        eta = max(job.total_steps - job.last_step, 0) * job.seconds_per_step
+    if job.seconds_per_step is not None and not states.is_terminal(job.status) and job.status != S.paused:
+        eta = max(job.total_steps - job.last_step, 0) * job.seconds_per_step  # none while paused: it waits for you
     age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at and job.status in states.ACTIVE else None
     return Progress(eta, age)
 
@@ -270,14 +270,45 @@ def progress(job: Job, now: datetime | None = None) -> Progress:
 
 
 def request_cancel(session: Session, *, team_id: str, job_id: str) -> Job:
-    """Queued or lost -> cancelled at once; starting/running -> cancelling (the worker stops the trainer).
-    Cancelling an already cancelling or terminal job is a no-op (idempotent); a finished job stays as it is."""
+    """Queued, paused or lost -> cancelled at once; starting/running/pausing -> cancelling (the worker stops
+    the trainer). Cancelling an already cancelling or terminal job is a no-op (idempotent); a finished job
+    stays as it is."""
     job = _locked(session, job_id, team_id)
-    if job.status in (S.queued, S.lost):
-        states.transition(session, job, S.cancelled, reason="cancelled before it ran")
-    elif job.status in (S.starting, S.running):
+    if job.status in (S.queued, S.lost, S.paused):
+        states.transition(session, job, S.cancelled, reason=f"cancelled while {job.status.value}")
+    elif job.status in (S.starting, S.running, S.pausing):
         states.transition(session, job, S.cancelling)
     return job
+
+
+def request_pause(session: Session, *, team_id: str, job_id: str) -> tuple[Job, bool]:
+    """Queued -> paused at once; starting/running -> pausing (the worker has the trainer checkpoint and stop,
+    then the job is paused and the worker free). Returns (job, whether this request changed it): pausing a
+    pausing or paused job is a no-op; any other status (cancelling, finished, lost) raises `InvalidTransition`."""
+    job = _locked(session, job_id, team_id)
+    if job.status == S.queued:
+        states.transition(session, job, S.paused, reason="paused before it ran", step=job.last_step)
+    elif job.status in (S.starting, S.running):
+        states.transition(session, job, S.pausing)
+    elif job.status in (S.pausing, S.paused):
+        return job, False
+    else:
+        states.check(job.status, S.pausing)  # raises, naming both statuses
+    return job, True
+
+
+def request_resume(session: Session, *, team_id: str, job_id: str) -> tuple[Job, bool]:
+    """Paused -> queued (the next attempt resumes from the last checkpoint); returns (job, queued now: the caller
+    dispatches it). A job that is not paused is left as it is (queued, running: a no-op), except a pausing one,
+    which raises `InvalidTransition` (it cannot be resumed before its trainer has stopped)."""
+    job = _locked(session, job_id, team_id)
+    if job.status == S.paused:
+        states.transition(session, job, S.queued, reason="resumed", next_attempt=job.attempt + 1)
+        job.dispatched_at = utcnow()
+        return job, True
+    if job.status == S.pausing or states.is_terminal(job.status):
+        states.check(job.status, S.queued)
+    return job, False
 
 
 def _locked(session: Session, job_id: str, team_id: str | None = None) -> Job:
@@ -309,7 +340,7 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> Job | None:
 def mark_running(session: Session, *, job_id: str, resumed_from_step: int | None, **data: Any) -> Job:
     """starting -> running, writing `started`, or `resumed` when the trainer continues from a checkpoint (with
     `data`: how many processes run it). A job cancelled while it was loading stays cancelling (the supervisor
-    is stopping it)."""
+    is stopping it), one paused while it was loading stays pausing."""
     job = _locked(session, job_id)
     if job.status == S.starting:
         if resumed_from_step is not None:
@@ -365,16 +396,23 @@ def finish_job(
     error_message: str | None = None,
     **data: Any,
 ) -> Job | None:
-    """Record the end of an attempt: succeeded, failed, cancelled (after cancelling) or lost.
+    """Record the end of an attempt: succeeded, failed, cancelled (after cancelling), paused (after pausing)
+    or lost.
 
     A job that this attempt no longer holds (re-queued by the reaper, already terminal) is left alone:
     returns None. A run that stopped because it was cancelled ends `cancelled` whatever the outcome."""
     job = _locked(session, job_id)
     if job.attempt != attempt or job.status not in states.ACTIVE:
         return None
-    if job.status == S.cancelling and outcome in (S.succeeded, S.cancelled, S.lost):
+    if job.status == S.cancelling and outcome in (S.succeeded, S.cancelled, S.lost, S.paused):
         # a cancelled run is not retried; one that reached its last step before it saw the cancel succeeded
         outcome = S.succeeded if outcome == S.succeeded and job.last_step >= job.total_steps else S.cancelled
+    elif job.status == S.pausing and outcome in (S.succeeded, S.cancelled, S.lost, S.paused):
+        # paused as asked (a loss too: the resume continues from the last checkpoint), unless it finished
+        outcome = S.succeeded if outcome == S.succeeded and job.last_step >= job.total_steps else S.paused
+    if outcome == S.paused:
+        job.worker, job.heartbeat_at = None, None
+        data = {"step": job.last_step, **data}
     if outcome == S.failed:
         job.error_code, job.error_message = error_code or "training_failed", error_message
         data = {"code": job.error_code, "message": error_message, **data}
@@ -402,6 +440,10 @@ def release_job(session: Session, *, job_id: str, attempt: int, reason: str) -> 
         return None
     if job.status == S.cancelling:
         states.transition(session, job, S.cancelled, reason=f"{reason} while cancelling")
+        return job
+    if job.status == S.pausing:
+        states.transition(session, job, S.paused, reason=f"{reason} while pausing", step=job.last_step)
+        job.worker, job.heartbeat_at = None, None
         return job
     states.transition(
         session,
@@ -436,6 +478,8 @@ def reap(
         reason = "heartbeat is stale" if job.id not in lost_node else "a node's seat heartbeat is stale"
         if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
             states.transition(session, job, S.cancelled, reason="worker lost while cancelling", heartbeat_age_s=age)
+        elif job.status == S.pausing:  # paused, as asked: a resume continues from the last checkpoint
+            states.transition(session, job, S.paused, reason="worker lost while pausing", heartbeat_age_s=age)
         else:
             states.transition(session, job, S.lost, reason=reason, heartbeat_age_s=age, worker=job.worker)
     session.flush()

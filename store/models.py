@@ -71,6 +71,8 @@ class JobStatus(enum.StrEnum):
     starting = "starting"
     running = "running"
     cancelling = "cancelling"
+    pausing = "pausing"  # asked to pause: the trainer checkpoints and stops, the worker is freed
+    paused = "paused"  # holds no worker; POST /resume queues it again (it resumes from its last checkpoint)
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -89,6 +91,8 @@ class EventKind(enum.StrEnum):
     lost = "lost"
     released = "released"  # a stopping worker handed the job back to the queue after a checkpoint (not a loss)
     disk_full = "disk_full"  # a checkpoint waits for space on the result store
+    pause_requested = "pause_requested"
+    paused = "paused"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -276,7 +280,7 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     key_id: Mapped[str | None] = mapped_column(String(40), default=None)  # None: the operator (rlad keys create)
-    action: Mapped[str] = mapped_column(String(32))  # job.submit, job.cancel, key.create, key.revoke, key.rotate
+    action: Mapped[str] = mapped_column(String(32))  # store.audit.ACTIONS
     target: Mapped[str] = mapped_column(String(40))  # the job or key acted on
     address: Mapped[str | None] = mapped_column(String(64), default=None)  # the client's IP address
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -6,6 +6,9 @@ transition writes.
     starting | running -> cancelling -> cancelled   (the trainer checkpoints and stops)
     starting | running | cancelling -> lost -> queued (resume)  |  failed (no attempts left)
     starting | running -> queued             (released: a stopping worker checkpointed and handed it back)
+    queued -> paused                         (pause before a worker claimed it)
+    starting | running -> pausing -> paused  (the trainer checkpoints and stops; the worker is free)
+    paused -> queued (resume)  |  cancelled;  pausing -> cancelling (cancel while pausing)
 
 `transition` changes the status and adds the event in the caller's transaction, so a status and its
 event are never seen apart. It raises `InvalidTransition` for a move the table does not allow.
@@ -22,14 +25,16 @@ from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
 
 S = JobStatus
 TERMINAL = frozenset({S.succeeded, S.failed, S.cancelled})
-ACTIVE = frozenset({S.starting, S.running, S.cancelling})  # a worker holds the job
+ACTIVE = frozenset({S.starting, S.running, S.cancelling, S.pausing})  # a worker holds the job
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    S.queued: frozenset({S.starting, S.cancelled}),
-    S.starting: frozenset({S.running, S.cancelling, S.succeeded, S.failed, S.lost, S.queued}),
-    S.running: frozenset({S.cancelling, S.succeeded, S.failed, S.lost, S.queued}),
+    S.queued: frozenset({S.starting, S.cancelled, S.paused}),
+    S.starting: frozenset({S.running, S.cancelling, S.pausing, S.succeeded, S.failed, S.lost, S.queued}),
+    S.running: frozenset({S.cancelling, S.pausing, S.succeeded, S.failed, S.lost, S.queued}),
     S.cancelling: frozenset({S.cancelled, S.succeeded, S.failed, S.lost}),
-    S.lost: frozenset({S.queued, S.failed, S.cancelled}),
+    S.pausing: frozenset({S.paused, S.cancelling, S.succeeded, S.failed, S.lost}),
+    S.paused: frozenset({S.queued, S.cancelled}),
+    S.lost: frozenset({S.queued, S.failed, S.cancelled, S.paused}),
     S.succeeded: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),
@@ -41,6 +46,8 @@ EVENT_FOR: dict[JobStatus, EventKind] = {
     S.starting: EventKind.claimed,
     S.running: EventKind.started,
     S.cancelling: EventKind.cancel_requested,
+    S.pausing: EventKind.pause_requested,
+    S.paused: EventKind.paused,
     S.succeeded: EventKind.succeeded,
     S.failed: EventKind.failed,
     S.cancelled: EventKind.cancelled,

@@ -5,7 +5,7 @@ claim (conditional UPDATE queued -> starting, attempt + 1; nothing to claim -> r
 -> start the trainer in its own process group (`python -m workers.trainer_process`; CUDA is never
    initialised in the Celery process)
 -> while it runs: write the job's heartbeat, and poll the cancel flag
-   (cancelling: SIGTERM -> the trainer checkpoints and stops; after the grace period, SIGKILL)
+   (cancelling or pausing: SIGTERM -> the trainer checkpoints and stops; after the grace period, SIGKILL)
 -> record the outcome the trainer could not record itself (killed, crashed).
 
 The database may go away while a job runs (a restart, a failover): the trainer keeps training and the
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from celery import shared_task
 from sqlalchemy.orm import Session
 
-from store import gangs
+from store import gangs, states
 from store import jobs as job_store
 from store.db import is_unavailable, retry_unavailable, session_scope
 from store.dispatch import RUN_JOB, dispatch_job
@@ -268,10 +268,10 @@ def _watch(
         if db_delay > 0.5:
             log.info("job %s: the database is back", job_id)
         next_db_at, db_delay = 0.0, 0.5
-        if status == S.cancelling and not cancelled:
-            cancelled = True
+        if status in (S.cancelling, S.pausing) and not cancelled:
+            cancelled = True  # the owner asked the run to stop (cancel, or pause: it ends paused)
             if term_sent_at is None:
-                log.info("job %s: cancel requested; SIGTERM to the trainer", job_id)
+                log.info("job %s: %s requested; SIGTERM to the trainer", job_id, status.value.removesuffix("ing"))
                 _signal(proc, signal.SIGTERM)
                 term_sent_at = now
 
@@ -344,9 +344,11 @@ def _record_exit(job_id: str, launch: Launch, code: int, *, cancelled: bool) -> 
     def record() -> JobStatus | None:
         with session_scope() as session:
             status = job_store.status_of(session, job_id=job_id)
-            if status not in (S.starting, S.running, S.cancelling):
+            if status not in states.ACTIVE:
                 return status
-            if cancelled or status == S.cancelling:
+            if status == S.pausing:  # checkpointed and stopped (or killed after the grace): paused
+                job = job_store.finish_job(session, job_id=job_id, attempt=attempt, outcome=S.paused, exit_code=code)
+            elif cancelled or status == S.cancelling:
                 job = job_store.finish_job(session, job_id=job_id, attempt=attempt, outcome=S.cancelled, exit_code=code)
             elif launch.world_size > 1 and code == 0:
                 log.warning("job %s: this node's processes ended cleanly; rank 0 records the end", job_id)

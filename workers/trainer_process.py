@@ -65,7 +65,7 @@ def run(job_id: str, attempt: int) -> int:
             return job, dict(job.spec_resolved)
 
     job, spec = retry_unavailable(load, what=f"job {job_id}: load")
-    if job.attempt != attempt or job.status not in (S.starting, S.running, S.cancelling):
+    if job.attempt != attempt or job.status not in (S.starting, S.running, S.cancelling, S.pausing):
         log.info("job %s: attempt %d does not hold the job (%s); exiting", job_id, attempt, job.status.value)
         return 0
     team_id = job.team_id
@@ -104,12 +104,13 @@ def run(job_id: str, attempt: int) -> int:
     if rank != 0:
         close_world()  # after rank 0 recorded the end: a node whose processes exit 0 finds it recorded
         return 0
-    if result.stopped and _status(job_id) != S.cancelling:
+    asked = _status(job_id) if result.stopped else None
+    if result.stopped and asked not in (S.cancelling, S.pausing):
         # stopped by a worker that is shutting down: its supervisor releases the job to the queue
         log.info("job %s: stopped at step %d for a worker shutdown", job_id, result.step)
         close_world()
         return 0
-    outcome = S.cancelled if result.stopped else S.succeeded
+    outcome = S.succeeded if not result.stopped else S.paused if asked == S.pausing else S.cancelled
     _finish(job_id, attempt, outcome, step=result.step, checkpoint_step=result.step if result.checkpoint else None)
     log.info("job %s: %s at step %d", job_id, outcome.value, result.step)
     close_world()

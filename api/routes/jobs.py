@@ -21,7 +21,7 @@ from api.deps import (
 )
 from api.job_cache import job_cache
 from api.presenters import job_public
-from api.responses import E400, E401, E403, E404, E413, E415, E422, E429
+from api.responses import E400, E401, E403, E404, E409, E413, E415, E422, E429
 from api.schemas import SPEC_SCHEMA, ErrorBody, EventList, EventPublic, JobList, JobPublic
 from store import audit
 from store import jobs as job_store
@@ -170,6 +170,49 @@ def cancel(job_id: JobId, session: SessionDep, caller: CallerDep, request: Reque
     )
     job_cache.drop(job_id)
     log.info("job %s: cancel requested by team %s -> %s", job.id, caller.team_name, job.status.value)
+    return job_public(session, job)
+
+
+@router.post("/{job_id}/pause", status_code=202, response_model=JobPublic, responses={**E401, **E403, **E404, **E409})
+def pause(job_id: JobId, session: SessionDep, caller: CallerDep, request: Request) -> JobPublic:
+    """Queued: paused at once. Running: `pausing`, then `paused` once the trainer has saved a checkpoint and
+    stopped (the worker is free). Pausing or paused: unchanged. Otherwise 409."""
+    job, changed = job_store.request_pause(session, team_id=caller.team_id, job_id=job_id)
+    if changed:
+        audit.record(
+            session,
+            team_id=caller.team_id,
+            key_id=caller.key_id or None,
+            action="job.pause",
+            target=job.id,
+            address=client_address(request),
+            data={"status": job.status.value},
+        )
+    job_cache.drop(job_id)
+    return job_public(session, job)
+
+
+@router.post("/{job_id}/resume", status_code=202, response_model=JobPublic, responses={**E401, **E403, **E404, **E409})
+def resume(job_id: JobId, session: SessionDep, caller: CallerDep, request: Request) -> JobPublic:
+    """Paused: queued again; the next attempt resumes from the last checkpoint. Queued or running: unchanged.
+    Pausing (its trainer has not stopped yet) or finished: 409."""
+    job, queued = job_store.request_resume(session, team_id=caller.team_id, job_id=job_id)
+    if queued:
+        audit.record(
+            session,
+            team_id=caller.team_id,
+            key_id=caller.key_id or None,
+            action="job.resume",
+            target=job.id,
+            address=client_address(request),
+            data={"next_attempt": job.attempt + 1},
+        )
+        session.commit()  # before the message leaves: a worker must find the job queued
+        try:
+            dispatch_job(job.id, job.queue, copies=job_resources(job.spec_resolved)[0])
+        except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
+            log.exception("job %s: could not reach the broker; it stays queued", job.id)
+    job_cache.drop(job_id)
     return job_public(session, job)
 
 

@@ -173,6 +173,8 @@
       const err = $("#job-error");
       err.hidden = !j.error_code; err.textContent = j.error_code ? `${j.error_code}: ${j.error_message || ""}` : "";
       $("#cancel").hidden = j.is_terminal || j.status === "cancelling";
+      $("#pause").hidden = !["queued", "starting", "running"].includes(j.status);
+      $("#resume").hidden = j.status !== "paused";
       terminal = j.is_terminal;
     };
     every(2000, async () => { showJob(await api(base)); return !terminal; });
@@ -184,7 +186,8 @@
       const list = $("#timeline"), atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
       for (const e of evs) {
         lastEvent = Math.max(lastEvent, e.id);
-        const detail = Object.entries(e.data || {}).map(([k, v]) => `${k}=${typeof v === "number" ? num(v) : v}`).join(" ");
+        const show = (v) => typeof v === "number" ? num(v) : v && typeof v === "object" ? (v.total !== undefined ? num(v.total) : JSON.stringify(v)) : v;
+        const detail = Object.entries(e.data || {}).map(([k, v]) => `${k}=${show(v)}`).join(" ");
         $("#timeline").append(el("li", { "data-kind": e.kind },
           el("time", { datetime: e.created_at, text: when(e.created_at) }), el("strong", { text: e.kind }),
           e.attempt ? ` (attempt ${e.attempt}) ` : " ", el("span", { class: "muted", text: detail })));
@@ -229,6 +232,14 @@
       try { showJob(await api(base + "/cancel", { method: "POST" })); }
       catch (e) { $("#job-error").hidden = false; $("#job-error").textContent = "cancel failed: " + e.message; }
     });
+
+    // pause (a running job checkpoints and frees its worker) and resume (it continues from that checkpoint)
+    for (const action of ["pause", "resume"]) {
+      $("#" + action).addEventListener("click", async () => {
+        try { showJob(await api(base + "/" + action, { method: "POST" })); }
+        catch (e) { $("#job-error").hidden = false; $("#job-error").textContent = `${action} failed: ` + e.message; }
+      });
+    }
 
     // charts: the downsampled history, then the live tail; a chart appears with its first key
     const charts = window.rlad.charts, routes = new Map();  // metric key -> [[chart, series label]]

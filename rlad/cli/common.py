@@ -56,6 +56,8 @@ STATUS_STYLE = {
     "starting": "cyan",
     "running": "cyan",
     "cancelling": "magenta",
+    "pausing": "blue",
+    "paused": "blue",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "magenta",

@@ -236,6 +236,22 @@ def cancel(job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
 
 
 @app.command(rich_help_panel=PANEL)
+def pause(job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Pause a job: queued ones at once; running ones checkpoint and free their worker (rlad resume continues)."""
+    with service_errors(), client_from_env() as client:
+        job = client.pause(job_id)
+    console.print(f"job {job['id']}: {styled(job['status'])}")
+
+
+@app.command(rich_help_panel=PANEL)
+def resume(job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Resume a paused job: queued again, it continues from its last checkpoint."""
+    with service_errors(), client_from_env() as client:
+        job = client.resume(job_id)
+    console.print(f"job {job['id']}: {styled(job['status'])}")
+
+
+@app.command(rich_help_panel=PANEL)
 def download(
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to put the checkpoint in")],

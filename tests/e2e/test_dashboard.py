@@ -1,5 +1,6 @@
-"""The dashboard, in Debian's chromium: sign-in, the jobs list, a job's charts (their data, live), cancel,
-compare, the queue page, team isolation, basic accessibility. Screenshots go to test-artifacts/dashboard/."""
+"""The dashboard, in Debian's chromium: sign-in, the jobs list, a job's charts (their data, live), pause, resume
+and cancel, compare, the queue page, team isolation, basic accessibility. Screenshots go to
+test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_the_job_page_charts_carry_the_jobs_actual_points(page, service, http, f
     screenshots(page, "job")
 
 
-def test_a_live_chart_gains_points_while_the_job_runs_and_cancel_from_the_page_cancels_it(
+def test_a_live_chart_gains_points_while_the_job_runs_pause_resume_and_cancel_from_the_page(
     page, service, http, models
 ) -> None:
     job = http.post(
@@ -111,6 +112,15 @@ def test_a_live_chart_gains_points_while_the_job_runs_and_cancel_from_the_page_c
     assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
     steps = page.evaluate("window.rlad.charts.loss.raw[0].steps")
     assert steps == sorted(set(steps)) and steps[-1] - steps[0] + 1 == len(steps)  # no gap, no duplicate
+    # pause (the trainer checkpoints, the worker is freed), then resume; the buttons follow the status
+    assert page.locator("#resume").is_hidden()
+    page.get_by_role("button", name="Pause").click()
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'paused'", timeout=30_000)
+    assert page.locator("#pause").is_hidden() and http.get(f"/v1/jobs/{job['id']}").json()["worker"] is None
+    screenshots(page, "job-paused")
+    page.get_by_role("button", name="Resume").click()
+    page.wait_for_function("document.querySelector('#job-status').textContent === 'running'", timeout=60_000)
+    assert page.locator("#resume").is_hidden() and page.locator("#pause").is_visible()
     # cancel, from the keyboard, with confirmation
     page.locator("#cancel").focus()
     page.keyboard.press("Enter")

@@ -147,6 +147,34 @@ def test_cancel_while_running_stops_within_10s_and_no_metrics_follow(http, micro
     assert ckpt["step"] == done["steps_done"] > 0
 
 
+def test_pause_checkpoints_and_frees_the_worker_and_resume_continues_from_there(http, micro_models) -> None:
+    spec = tiny_spec(micro_models, steps=300, eval_every=0, checkpoint_every=0)
+    job = http.post("/v1/jobs", json=spec).json()
+    wait_for(http, job["id"], lambda j: j["status"] == "running" and j["steps_done"] >= 3)
+    t0 = time.monotonic()
+    assert http.post(f"/v1/jobs/{job['id']}/pause").json()["status"] == "pausing"
+    paused = wait_for(http, job["id"], lambda j: j["status"] == "paused", timeout_s=30, poll_s=0.1)
+    pause_s = time.monotonic() - t0
+    step = paused["steps_done"]
+    assert paused["worker"] is None and 3 <= step < 300
+    kinds = [e["kind"] for e in events(http, job["id"])]
+    assert kinds[-3:] == ["pause_requested", "checkpoint_saved", "paused"], kinds
+    (ckpt,) = http.get(f"/v1/jobs/{job['id']}/checkpoints").json()["items"]
+    assert ckpt["step"] == step
+    # the worker is free: another job runs to the end while this one is paused
+    other = http.post("/v1/jobs", json=tiny_spec(micro_models, steps=2, eval_every=0)).json()
+    wait_for(http, other["id"], lambda j: j["status"] == "succeeded")
+    assert http.get(f"/v1/jobs/{job['id']}").json()["status"] == "paused"
+    assert http.post(f"/v1/jobs/{job['id']}/resume").json()["status"] == "queued"
+    done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded", timeout_s=120)
+    evs = events(http, job["id"])
+    resumed = [e for e in evs if e["kind"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["data"]["step"] == step and done["attempt"] == 2
+    loss = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"][0]
+    assert loss["steps"] == list(range(1, 301))  # no step lost or repeated across the pause
+    print(f"drill: paused at step {step} in {pause_s:.2f} s; resumed from it to step 300")
+
+
 def _trainer_pid(job_id: str) -> int | None:
     out = subprocess.run(["pgrep", "-f", f"workers.trainer_process {job_id}"], capture_output=True, text=True).stdout
     pids = [int(p) for p in out.split()]
