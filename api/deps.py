@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi import Path as PathParam
@@ -14,8 +14,8 @@ from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from store import audit, sessions, teams
 from store import jobs as job_store
-from store import sessions, teams
 from store.db import read_session, session_scope
 from store.errors import NotFound
 from store.models import Job, KeyRole
@@ -73,6 +73,19 @@ async def json_body(request: Request) -> None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         raise HTTPException(415, "send the body as JSON with Content-Type: application/json")
+
+
+def audited(session: Session, caller: Caller, request: Request, action: str, target: str, **data: Any) -> None:
+    """Add the audit log's entry for what `caller` just did (store.audit), in the request's transaction."""
+    audit.record(
+        session,
+        team_id=caller.team_id,
+        key_id=caller.key_id or None,
+        action=action,
+        target=target,
+        address=client_address(request),
+        data=data,
+    )
 
 
 def forget_key(key_id: str) -> None:

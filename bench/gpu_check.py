@@ -53,7 +53,6 @@ import json
 import math
 import resource
 import statistics
-import string
 import sys
 import tempfile
 import time
@@ -71,7 +70,14 @@ from rlad_core.checkpoint import verify_checkpoint
 from rlad_core.config import ConfigError, parse_config
 from rlad_core.evaluate import evaluate
 from rlad_core.memory import DTYPE_BYTES, GIB, RUNTIME_BYTES, MemoryEstimate, Shape, device_capacity, estimate
-from rlad_core.models import SPECIAL_TOKENS, encode_prompts, load_model, load_tokenizer, save_tiny_model
+from rlad_core.models import (
+    build_char_tokenizer,
+    char_vocab,
+    encode_prompts,
+    load_model,
+    load_tokenizer,
+    save_tiny_model,
+)
 from rlad_core.reporting import MemoryReporter, Reporter
 from rlad_core.rollout import Rollouts, SamplingParams, make_engine
 from rlad_core.rollout.base import left_pad
@@ -268,31 +274,12 @@ def build_perf_tokenizer(vocab_size: int, model_max_length: int) -> Any:
     `vocab_size` ids, so that every id the model samples decodes, and with EOS at id `vocab_size`: one past
     the model's vocabulary, so a random-init model never samples it and every rollout runs to max_new_tokens
     (what bench/engine_bench.py --no-eos does by handing the engines such an id)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(t for t in SPECIAL_TOKENS if t != "<eos>")}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
+    vocab = {tok: i for i, tok in enumerate(t for t in char_vocab() if t != "<eos>")}
     if len(vocab) > vocab_size:
         raise ValueError(f"a vocabulary of {vocab_size} cannot hold the {len(vocab)} characters and specials")
     vocab.update({f"<r{i}>": i for i in range(len(vocab), vocab_size)})
     vocab["<eos>"] = vocab_size
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        padding_side="left",
-        model_max_length=model_max_length,
-    )
+    return build_char_tokenizer(model_max_length, vocab=vocab)
 
 
 def qwen3_config(arch: dict[str, Any], tokenizer: Any) -> Any:

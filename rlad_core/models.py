@@ -50,8 +50,17 @@ TINY_SIZES: dict[str, TinyModelSpec] = {
 }
 
 
-def build_char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:  # noqa: F821
-    """Character-level tokenizer: one token per character of `string.printable`, specials first.
+def char_vocab() -> dict[str, int]:
+    """The character tokenizer's vocabulary: the specials, then each character of `string.printable`."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in string.printable:
+        vocab.setdefault(ch, len(vocab))
+    return vocab
+
+
+def build_char_tokenizer(model_max_length: int = 512, vocab: dict[str, int] | None = None) -> PreTrainedTokenizerFast:  # noqa: F821
+    """Character-level tokenizer: one token per character of `string.printable`, specials first (`char_vocab`;
+    or `vocab`, which must hold the specials and the characters).
 
     The vocabulary order is fixed, so every build maps characters to the same ids: two tiny models built
     separately (a teacher and a student) are tokenizer-compatible by construction.
@@ -59,9 +68,7 @@ def build_char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
+    vocab = char_vocab() if vocab is None else vocab
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()

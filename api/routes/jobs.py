@@ -16,23 +16,30 @@ from api.deps import (
     ReadSessionDep,
     SessionDep,
     SettingsDep,
-    client_address,
+    audited,
     json_body,
 )
 from api.job_cache import job_cache
 from api.presenters import job_public
 from api.responses import E400, E401, E403, E404, E409, E413, E415, E422, E429
 from api.schemas import SPEC_SCHEMA, ErrorBody, EventList, EventPublic, JobList, JobPublic
-from store import audit
 from store import jobs as job_store
 from store.dispatch import dispatch_job
 from store.errors import InvalidSpec
 from store.gangs import job_resources
-from store.models import JobStatus
+from store.models import Job, JobStatus
 from store.settings import get_settings
 
 log = logging.getLogger("rlad.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _dispatch(job: Job) -> None:
+    """Send a committed queued job's id to its queue (one message per node it needs)."""
+    try:
+        dispatch_job(job.id, job.queue, copies=job_resources(job.spec_resolved)[0])
+    except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
+        log.exception("job %s: could not reach the broker; it stays queued", job.id)
 
 
 def _nul_field(value: Any, path: str = "") -> str | None:
@@ -96,21 +103,10 @@ def submit(
     if not created:
         response.status_code = 200
         return job_public(session, job)
-    audit.record(
-        session,
-        team_id=caller.team_id,
-        key_id=caller.key_id or None,
-        action="job.submit",
-        target=job.id,
-        address=client_address(request),
-        data={"method": job.method, "name": job.name, "steps": job.total_steps},
-    )
+    audited(session, caller, request, "job.submit", job.id, method=job.method, name=job.name, steps=job.total_steps)
     # commit before the message leaves: a worker must find the row it is handed
     session.commit()
-    try:
-        dispatch_job(job.id, job.queue, copies=job_resources(job.spec_resolved)[0])
-    except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
-        log.exception("job %s: could not reach the broker; it stays queued", job.id)
+    _dispatch(job)
     log.info("job %s: submitted by team %s (%s, %d steps)", job.id, caller.team_name, job.method, job.total_steps)
     return job_public(session, job)
 
@@ -159,15 +155,7 @@ def cancel(job_id: JobId, session: SessionDep, caller: CallerDep, request: Reque
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` once the trainer has saved a final
     checkpoint and stopped. Terminal: unchanged (cancel is idempotent)."""
     job = job_store.request_cancel(session, team_id=caller.team_id, job_id=job_id)
-    audit.record(
-        session,
-        team_id=caller.team_id,
-        key_id=caller.key_id or None,
-        action="job.cancel",
-        target=job.id,
-        address=client_address(request),
-        data={"status": job.status.value},
-    )
+    audited(session, caller, request, "job.cancel", job.id, status=job.status.value)
     job_cache.drop(job_id)
     log.info("job %s: cancel requested by team %s -> %s", job.id, caller.team_name, job.status.value)
     return job_public(session, job)
@@ -179,15 +167,7 @@ def pause(job_id: JobId, session: SessionDep, caller: CallerDep, request: Reques
     stopped (the worker is free). Pausing or paused: unchanged. Otherwise 409."""
     job, changed = job_store.request_pause(session, team_id=caller.team_id, job_id=job_id)
     if changed:
-        audit.record(
-            session,
-            team_id=caller.team_id,
-            key_id=caller.key_id or None,
-            action="job.pause",
-            target=job.id,
-            address=client_address(request),
-            data={"status": job.status.value},
-        )
+        audited(session, caller, request, "job.pause", job.id, status=job.status.value)
     job_cache.drop(job_id)
     return job_public(session, job)
 
@@ -198,20 +178,9 @@ def resume(job_id: JobId, session: SessionDep, caller: CallerDep, request: Reque
     Pausing (its trainer has not stopped yet) or finished: 409."""
     job, queued = job_store.request_resume(session, team_id=caller.team_id, job_id=job_id)
     if queued:
-        audit.record(
-            session,
-            team_id=caller.team_id,
-            key_id=caller.key_id or None,
-            action="job.resume",
-            target=job.id,
-            address=client_address(request),
-            data={"next_attempt": job.attempt + 1},
-        )
+        audited(session, caller, request, "job.resume", job.id, next_attempt=job.attempt + 1)
         session.commit()  # before the message leaves: a worker must find the job queued
-        try:
-            dispatch_job(job.id, job.queue, copies=job_resources(job.spec_resolved)[0])
-        except Exception:  # the job is safe in the database; the reaper sends undelivered jobs again
-            log.exception("job %s: could not reach the broker; it stays queued", job.id)
+        _dispatch(job)
     job_cache.drop(job_id)
     return job_public(session, job)
 

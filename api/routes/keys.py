@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 
-from api.deps import CallerDep, ReadSessionDep, SessionDep, client_address, forget_key, json_body
+from api.deps import CallerDep, ReadSessionDep, SessionDep, audited, forget_key, json_body
 from api.responses import E400, E401, E403, E404, E413, E415, E422, Responses
 from api.schemas import (
     AuditEventPublic,
@@ -61,15 +61,7 @@ def create_key(body: KeyCreate, session: SessionDep, caller: CallerDep, request:
     """Mint a key for the team; the response holds it in clear, this once."""
     expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     row, clear = teams.mint_key(session, team_id=caller.team_id, role=body.role, name=body.name, expires_at=expires)
-    audit.record(
-        session,
-        team_id=caller.team_id,
-        key_id=caller.key_id or None,
-        action="key.create",
-        target=row.id,
-        address=client_address(request),
-        data=teams.describe(row),
-    )
+    audited(session, caller, request, "key.create", row.id, **teams.describe(row))
     return KeyCreated(**key_public(row).model_dump(), key=clear)
 
 
@@ -87,15 +79,8 @@ def rotate_key(
     (default an hour), so clients switch over without downtime."""
     grace = timedelta(seconds=(body or KeyRotate()).grace_s)
     new, clear, old = teams.rotate_key(session, team_id=caller.team_id, key_id=key_id, grace=grace)
-    audit.record(
-        session,
-        team_id=caller.team_id,
-        key_id=caller.key_id or None,
-        action="key.rotate",
-        target=old.id,
-        address=client_address(request),
-        data={"new_key": new.id, "old_expires_at": old.expires_at.isoformat() if old.expires_at else None},
-    )
+    ends = old.expires_at.isoformat() if old.expires_at else None
+    audited(session, caller, request, "key.rotate", old.id, new_key=new.id, old_expires_at=ends)
     if grace.total_seconds() == 0:
         forget_key(old.id)
     return KeyRotated(new=KeyCreated(**key_public(new).model_dump(), key=clear), old=key_public(old))
@@ -107,15 +92,7 @@ def revoke_key(key_id: KeyId, session: SessionDep, caller: CallerDep, request: R
     recently seen keys last `store.teams.KEY_CACHE_TTL_S`); the dashboard sign-ins made with it end too.
     Revoking a revoked key changes nothing."""
     key = teams.revoke_key(session, team_id=caller.team_id, key_id=key_id)
-    audit.record(
-        session,
-        team_id=caller.team_id,
-        key_id=caller.key_id or None,
-        action="key.revoke",
-        target=key.id,
-        address=client_address(request),
-        data=teams.describe(key),
-    )
+    audited(session, caller, request, "key.revoke", key.id, **teams.describe(key))
     forget_key(key.id)
     return key_public(key)
 
