@@ -33,6 +33,8 @@ def job_public(session: Session, job: Job) -> JobPublic:
         updated_at=job.updated_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        webhook_url=job.webhook_url,
+        webhook_status=job.webhook_status,
         spec=job.spec,
         spec_resolved=job.spec_resolved,
     )

@@ -51,6 +51,8 @@ class JobPublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    webhook_url: str | None = None
+    webhook_status: str | None = Field(default=None, description="pending, delivered or failed (see the events)")
     spec: dict[str, Any] = Field(description="the spec as submitted")
     spec_resolved: dict[str, Any] = Field(description="the spec validated, with every default filled in")
 
@@ -257,3 +259,8 @@ class UsagePublic(BaseModel):
         description="RLAD_RATE_LIMIT_PER_S: requests per second per key in each API process (429; none: no limit)"
     )
     rate_limit_burst: int = Field(description="RLAD_RATE_LIMIT_BURST: requests a key may send at once")
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="the key of the HMAC-SHA256 that signs each webhook body")
+    header: str = Field(description="the header carrying the signature, as sha256=<hex>")

@@ -32,6 +32,7 @@ DEFAULT_DATA_DIR = "rlad-data"
 KEY_FILE = "api_key"  # what `rlad up` (rlad.service.LocalService) writes into the data directory
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # `lost` is re-queued, not final
 CHUNK = 1 << 20
+RATE_LIMIT_RETRIES = 5  # a 429 for the key's request rate is waited out (Retry-After) this many times
 RETRY_STATUSES = frozenset({502, 503, 504})  # the service or its database is restarting: the same request may pass
 
 JobDict = dict[str, Any]
@@ -172,13 +173,18 @@ class Client:
         )
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, **kw)
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise self._unreachable(exc) from None
-        if resp.is_error:
-            raise ApiError.from_response(resp)
-        return resp
+        for _ in range(RATE_LIMIT_RETRIES):
+            try:
+                resp = self._http.request(method, path, **kw)
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                raise self._unreachable(exc) from None
+            if not resp.is_error:
+                return resp
+            error = ApiError.from_response(resp)
+            if error.code != "too_many_requests":  # a quota (quota_exceeded) is not waited out here
+                raise error
+            time.sleep(min(error.retry_after or 1.0, 10.0))  # over the key's request rate: as the server says
+        raise error
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         return self._request(method, path, **kw).json()
@@ -195,15 +201,24 @@ class Client:
             raise self._unreachable(exc) from None
 
     # ----- jobs -------------------------------------------------------------------------------------------
-    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None, *, retries: int = 4) -> JobDict:
+    def submit(
+        self,
+        spec: dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        retries: int = 4,
+        webhook_url: str | None = None,
+    ) -> JobDict:
         """Queue a job; the spec is rlad_core's TrainConfig as a dict. The same idempotency key and spec return
         the job already created (`ApiError` 409 when the spec differs). Without a key one is made up, so that
         the retries here (no answer, or 502/503/504 such as a database restart, up to `retries` times with
-        backoff and the server's Retry-After) can never create the job twice."""
+        backoff and the server's Retry-After) can never create the job twice. `webhook_url`: the service POSTs
+        the job there, signed with the team's webhook secret (`webhook_secret()`), when it ends."""
         headers = {"Idempotency-Key": idempotency_key or f"rlad-client-{uuid.uuid4().hex}"}
+        params = {"webhook_url": webhook_url} if webhook_url else None
         for attempt in range(retries):
             try:
-                return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+                return self._json("POST", "/v1/jobs", json=spec, headers=headers, params=params)
             except ServiceUnavailable:
                 retry_after = None
             except ApiError as exc:
@@ -211,7 +226,7 @@ class Client:
                     raise
                 retry_after = exc.retry_after
             time.sleep(min(retry_after or 0.5 * 2**attempt, 10.0))
-        return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+        return self._json("POST", "/v1/jobs", json=spec, headers=headers, params=params)
 
     def list_jobs(
         self,
@@ -398,6 +413,12 @@ class Client:
     def usage(self) -> dict[str, Any]:
         """The team's jobs and storage against its limits (GET /v1/usage)."""
         return self._json("GET", "/v1/usage")
+
+    def webhook_secret(self, *, rotate: bool = False) -> str:
+        """The team's webhook secret (an admin key); `rotate` makes a new one."""
+        if rotate:
+            return self._json("POST", "/v1/webhook-secret/rotate")["secret"]
+        return self._json("GET", "/v1/webhook-secret")["secret"]
 
     # ----- keys and the audit log (an admin key) ------------------------------------------------------------
     def keys(self) -> list[dict[str, Any]]:

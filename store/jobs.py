@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlad_core.config import ConfigError, parse_config
-from store import gangs, refs, states, usage
+from store import gangs, refs, states, usage, webhooks
 from store import workers as worker_store
 from store.errors import IdempotencyConflict, InvalidSpec, NotFound, QuotaExceeded
 from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
@@ -122,6 +122,7 @@ def submit_job(
     queue: str | list[str] = "gpu",
     max_attempts: int = 3,
     max_active: int | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job (and its `queued` event). Returns (job, created).
 
@@ -137,6 +138,8 @@ def submit_job(
             return _same_request(existing, idempotency_key, digest), False
     if max_active is not None and usage.count_active_jobs(session, team_id=team_id) >= max_active:
         raise QuotaExceeded(max_active)
+    if webhook_url is not None and (why := webhooks.check_url(webhook_url)) is not None:
+        raise InvalidSpec([("webhook_url", why)])
     settings = get_settings()
     usage.check_storage(session, team_id=team_id, limit=settings.max_storage_bytes_per_team)
     resolved = resolve_spec(session, team_id=team_id, spec=spec)
@@ -171,6 +174,8 @@ def submit_job(
         idempotency_key=idempotency_key,
         request_hash=digest,
         dispatched_at=utcnow(),
+        webhook_url=webhook_url,
+        webhook_status=webhooks.PENDING if webhook_url else None,
     )
     try:
         with session.begin_nested():

@@ -93,6 +93,8 @@ class EventKind(enum.StrEnum):
     disk_full = "disk_full"  # a checkpoint waits for space on the result store
     pause_requested = "pause_requested"
     paused = "paused"
+    webhook_delivered = "webhook_delivered"  # after the end: the job's webhook answered 2xx
+    webhook_failed = "webhook_failed"  # one delivery attempt failed (`final`: no more tries)
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -115,6 +117,7 @@ class Team(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("team"))
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), default=None)  # signs webhook bodies
 
 
 class KeyRole(enum.StrEnum):
@@ -173,6 +176,11 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # a URL the service POSTs the job to when it ends (store.webhooks): pending -> delivered | failed
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    webhook_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobEvent(Base):

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="a running job whose heartbeat is older is lost"
     )
     reaper_interval_s: float = Field(default=30.0, gt=0, description="how often Celery beat runs the reaper")
+    webhook_poll_s: float = Field(default=5.0, gt=0, description="how often Celery beat sends due webhooks")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="how long one webhook try waits for an answer")
+    webhook_max_attempts: int = Field(default=6, ge=1, description="tries of a webhook before it is given up")
+    webhook_backoff_s: float = Field(
+        default=30.0, ge=0, description="the wait after a webhook's first failed try; doubled after each"
+    )
     redispatch_after_s: float = Field(
         default=600.0,
         gt=0,

@@ -1,8 +1,9 @@
 """Teams and API keys. A key is shown once, at creation; only its sha256 is stored.
 
 A key has a role (`KeyRole`): read (poll, list, download), write (also submit, cancel, upload datasets) or
-admin (also list, create, rotate and revoke the team's keys and read its audit log). `ALLOWED` is the one
-rule: the API checks a request's method and route against it before the body is read. A key may expire
+admin (also list, create, rotate and revoke the team's keys, read its audit log and its webhook secret).
+`required_role` is the one rule: the API checks a request's method and route against it before the body is
+read. A key may expire
 (`expires_at`); a revoked or expired key is refused at once by the database lookup, and within
 `KEY_CACHE_TTL_S` by every API process's cache of recently seen keys. `last_used_at` is kept to the minute
 (written on the first use of a key in a minute, not on every request).
@@ -32,13 +33,13 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 # the one rule of what each role may do: method -> the least role allowed; the admin-only routes on top
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ADMIN_PATHS = ("/v1/keys", "/v1/audit")
+ADMIN_PATHS = ("/v1/keys", "/v1/audit", "/v1/webhook-secret")  # and everything under them
 
 
 def required_role(method: str, path: str) -> KeyRole:
-    """The least role a request needs: admin for key management and the audit log, write for any other
-    change, read for the rest."""
-    if path == ADMIN_PATHS[0] or path.startswith(ADMIN_PATHS[0] + "/") or path == ADMIN_PATHS[1]:
+    """The least role a request needs: admin for key management, the audit log and the webhook secret, write
+    for any other change, read for the rest."""
+    if any(path == p or path.startswith(p + "/") for p in ADMIN_PATHS):
         return KeyRole.admin
     return KeyRole.write if method.upper() in WRITE_METHODS else KeyRole.read
 

@@ -1,4 +1,5 @@
-"""The Celery app. Workers: `celery -A workers.celery_app worker -Q gpu -c 1` (one per GPU), beat for the reaper.
+"""The Celery app. Workers: `celery -A workers.celery_app worker -Q gpu -c 1` (one per GPU), beat for the reaper
+and the webhook sender.
 
 Celery only delivers job ids; the job row in the database is the truth. Early ack: a message is acknowledged
 when the task starts, so a worker that dies does not get the job redelivered by the broker. The reaper
@@ -27,9 +28,10 @@ from store.dispatch import broker_options
 from store.settings import get_settings
 from workers.reaper import REAP
 from workers.supervisor import mark_worker_stopping  # its shared flag is made here, before the pool forks
+from workers.webhooks import WEBHOOKS
 
 settings = get_settings()
-app = Celery("rlad")  # the tasks: run_job (workers.supervisor) and reap (workers.reaper), imported above
+app = Celery("rlad")  # the tasks: run_job (workers.supervisor), reap (workers.reaper), webhooks, imported above
 app.conf.update(
     broker_options(settings),
     task_acks_late=False,  # early ack (above)
@@ -38,10 +40,13 @@ app.conf.update(
     worker_concurrency=1,  # one job per GPU; run one worker per GPU
     task_ignore_result=True,
     task_default_queue="cpu",
-    task_routes={REAP: {"queue": "cpu"}},
+    task_routes={REAP: {"queue": "cpu"}, WEBHOOKS: {"queue": "cpu"}},
     task_create_missing_queues=True,
     worker_hijack_root_logger=False,
-    beat_schedule={"reap": {"task": REAP, "schedule": settings.reaper_interval_s}},
+    beat_schedule={
+        "reap": {"task": REAP, "schedule": settings.reaper_interval_s},
+        "webhooks": {"task": WEBHOOKS, "schedule": settings.webhook_poll_s},
+    },
     broker_connection_retry_on_startup=True,
 )
 logging.getLogger("rlad").setLevel(logging.INFO)

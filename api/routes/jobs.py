@@ -85,6 +85,13 @@ def submit(
     idempotency_key: Annotated[
         str | None, Header(max_length=200, pattern=r"^[\x20-\x7e]+$", description="same key + same body = same job")
     ] = None,
+    webhook_url: Annotated[
+        str | None,
+        Query(
+            max_length=2000,
+            description="POSTed the job, signed with the team's webhook secret, when it ends (store.webhooks)",
+        ),
+    ] = None,
 ) -> JobPublic:
     """Queue a distillation job. The body is the job spec (rlad_core's TrainConfig, as JSON). A team has at
     most `RLAD_MAX_ACTIVE_JOBS_PER_TEAM` jobs queued or running at once (429 beyond it)."""
@@ -99,6 +106,7 @@ def submit(
         queue=settings.resolved_job_queues,
         max_attempts=settings.max_attempts,
         max_active=settings.max_active_jobs_per_team,
+        webhook_url=webhook_url,
     )
     if not created:
         response.status_code = 200

@@ -21,8 +21,9 @@ from api.schemas import (
     KeyPublic,
     KeyRotate,
     KeyRotated,
+    WebhookSecret,
 )
-from store import audit, teams
+from store import audit, teams, webhooks
 from store.models import ApiKey, utcnow
 
 router = APIRouter(tags=["keys"])
@@ -122,3 +123,17 @@ def audit_log(
         ],
         next_after=page[-1].id if len(rows) > limit else None,
     )
+
+
+@router.get("/v1/webhook-secret", response_model=WebhookSecret, responses={**E401, **E403})
+def webhook_secret(session: SessionDep, caller: CallerDep) -> WebhookSecret:
+    """The team's webhook secret (made on first read): a webhook body's `X-Rlad-Signature` is
+    `sha256=<hex HMAC-SHA256 of the raw body with it>`."""
+    return WebhookSecret(secret=webhooks.secret_for(session, team_id=caller.team_id), header=webhooks.SIGNATURE_HEADER)
+
+
+@router.post("/v1/webhook-secret/rotate", response_model=WebhookSecret, responses={**E401, **E403})
+def rotate_webhook_secret(session: SessionDep, caller: CallerDep) -> WebhookSecret:
+    """A new webhook secret; deliveries from now on are signed with it."""
+    secret = webhooks.secret_for(session, team_id=caller.team_id, rotate=True)
+    return WebhookSecret(secret=secret, header=webhooks.SIGNATURE_HEADER)

@@ -88,11 +88,14 @@ def submit(
         ),
     ] = None,
     poll: Annotated[float, typer.Option(help="seconds between polls with --wait")] = 1.0,
+    webhook: Annotated[
+        str | None, typer.Option(help="a URL the service POSTs the job to when it ends (signed: rlad webhook-secret)")
+    ] = None,
 ) -> None:
     """Submit a job to the service; prints the job id (exit code 1 with --wait if it fails or is cancelled)."""
     spec = _read_spec(spec_path, parse_overrides(set_))
     with service_errors(), client_from_env() as client:
-        job = client.submit(spec, idempotency_key=idempotency_key)
+        job = client.submit(spec, idempotency_key=idempotency_key, webhook_url=webhook)
         console.print(job["id"], highlight=False)
         where = f", position {job['queue_position']} in queue {job['queue']}" if job.get("queue_position") else ""
         err.print(f"job {job['id']}: {styled(job['status'])}{where}")

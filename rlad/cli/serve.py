@@ -126,6 +126,14 @@ def keys_rotate(
     err.print(f"new key {rotated['new']['id']}; {key_id} works until {fmt_time(rotated['old']['expires_at'])}")
 
 
+@app.command("webhook-secret", rich_help_panel=PANEL)
+def webhook_secret(rotate: Annotated[bool, typer.Option("--rotate", help="make a new one")] = False) -> None:
+    """Your team's webhook secret: X-Rlad-Signature is sha256=<hex HMAC-SHA256 of the body> (an admin key)."""
+    with service_errors(), client_from_env() as client:
+        secret = client.webhook_secret(rotate=rotate)
+    console.print(secret, highlight=False, soft_wrap=True)
+
+
 @app.command(rich_help_panel=PANEL)
 def usage() -> None:
     """Your team's jobs and storage against its limits."""

@@ -4,6 +4,7 @@ Redis, PostgreSQL, the trainer in its own process. Jobs go in over HTTP and come
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
         "RLAD_HEARTBEAT_TIMEOUT_S": "30",
         "RLAD_CANCEL_GRACE_S": "8",
         "RLAD_METRICS_FLUSH_S": "0.5",
+        "RLAD_WEBHOOK_POLL_S": "0.5",
+        "RLAD_WEBHOOK_BACKOFF_S": "0.5",
+        "RLAD_WEBHOOK_MAX_ATTEMPTS": "3",
     }
     with production_stack(tmp_path_factory, "stack", env) as svc:
         yield svc
@@ -173,6 +177,67 @@ def test_pause_checkpoints_and_frees_the_worker_and_resume_continues_from_there(
     loss = http.get(f"/v1/jobs/{job['id']}/metrics", params={"key": "loss", "max_points": 1000}).json()["series"][0]
     assert loss["steps"] == list(range(1, 301))  # no step lost or repeated across the pause
     print(f"drill: paused at step {step} in {pause_s:.2f} s; resumed from it to step 300")
+
+
+class _Receiver:
+    """A webhook receiver on loopback: records each request; answers `codes` in turn (then 200)."""
+
+    def __init__(self, codes: list[int]) -> None:
+        import http.server
+
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        codes = list(codes)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), body))
+                self.send_response(codes.pop(0) if codes else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_webhook_is_signed_retried_with_backoff_and_its_tries_are_events(http, micro_models) -> None:
+    from store.webhooks import verify
+
+    receiver = _Receiver([500])  # the first try fails, the second is delivered
+    try:
+        assert (
+            http.post("/v1/jobs", params={"webhook_url": "ftp://x/y"}, json=tiny_spec(micro_models)).status_code == 422
+        )
+        spec = tiny_spec(micro_models, steps=2, eval_every=0)
+        job = http.post("/v1/jobs", params={"webhook_url": receiver.url}, json=spec).json()
+        assert job["webhook_url"] == receiver.url and job["webhook_status"] == "pending"
+        wait_for(http, job["id"], lambda j: j["is_terminal"])
+        deadline = time.monotonic() + 30  # the deliveries come after the end: wait for the second try
+        while http.get(f"/v1/jobs/{job['id']}").json()["webhook_status"] != "delivered":
+            assert time.monotonic() < deadline, events(http, job["id"])
+            time.sleep(0.2)
+    finally:
+        receiver.server.shutdown()
+    secret = http.get("/v1/webhook-secret").json()["secret"]
+    assert len(receiver.requests) == 2
+    for headers, body in receiver.requests:
+        assert verify(secret, body, headers["X-Rlad-Signature"]) and headers["X-Rlad-Event"] == "job.finished"
+        assert headers["X-Rlad-Delivery"] == f"{job['id']}:1"
+    sent = json.loads(receiver.requests[-1][1])
+    assert sent["job"]["id"] == job["id"] and sent["job"]["status"] == "succeeded" and sent["job"]["steps_done"] == 2
+    tries = [e for e in events(http, job["id"]) if e["kind"].startswith("webhook_")]
+    assert [(e["kind"], e["data"]["try"], e["data"]["http_status"]) for e in tries] == [
+        ("webhook_failed", 1, 500),
+        ("webhook_delivered", 2, 200),
+    ]
+    assert tries[0]["data"]["final"] is False
+    gap = datetime.fromisoformat(tries[1]["created_at"]) - datetime.fromisoformat(tries[0]["created_at"])
+    assert gap.total_seconds() >= 0.5  # the backoff
+    print(f"drill: webhook failed once (HTTP 500), delivered on the next try {gap.total_seconds():.2f} s later")
 
 
 def _trainer_pid(job_id: str) -> int | None:
