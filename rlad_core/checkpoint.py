@@ -53,12 +53,16 @@ class DiskFull(OSError):
     """Not enough free space to write a checkpoint: `needed` bytes (the estimated checkpoint plus the reserve),
     `free` bytes free on the file system of `path`. Nothing was written; earlier checkpoints are intact."""
 
+    waited_s: float | None = None  # set by a caller that waited this long for space before giving up
+
     def __init__(self, needed: int, free: int, path: str | Path):
         self.needed, self.free, self.path = int(needed), int(free), str(path)
         super().__init__(errno.ENOSPC, f"disk full: {self.needed} bytes needed, {self.free} free at {self.path}")
 
     def __str__(self) -> str:
-        return self.strerror
+        if self.waited_s is None:
+            return self.strerror
+        return f"{self.strerror} (waited {self.waited_s:.0f} s for space)"
 
     def __reduce__(self) -> tuple[Any, ...]:  # OSError pickles its (errno, strerror) args, not ours
         return DiskFull, (self.needed, self.free, self.path)

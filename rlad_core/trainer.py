@@ -135,17 +135,20 @@ def train(
     resume_from: str | Path | None = None,
     disk_reserve_bytes: int = 0,
     disk_poll_s: float = 10.0,
+    disk_full_wait_s: float | None = None,
 ) -> TrainResult:
     """Run `config` to the end (or until the reporter asks to stop). `resume_from`: a checkpoint dir or "auto".
 
     A checkpoint is written only if its disk keeps `disk_reserve_bytes` free beside it; otherwise the run
-    reports `disk_full` and waits (heartbeats go on), checking every `disk_poll_s` seconds, until space is freed.
+    reports `disk_full` and waits (heartbeats go on), checking every `disk_poll_s` seconds, until space is freed,
+    or raises `DiskFull` once it has waited `disk_full_wait_s` seconds (None: as long as it takes; 0: at once).
+    Earlier checkpoints stay intact either way.
     """
     run = _setup(config, resume_from)
     world = run.world
     # rank 0 reports; a stop asked of any rank stops every rank (one all-reduce a step)
     reporter = (reporter or Reporter()) if world.is_main else _StopRequests(reporter)
-    run.disk_reserve_bytes, run.disk_poll_s = disk_reserve_bytes, disk_poll_s
+    run.disk_reserve_bytes, run.disk_poll_s, run.disk_full_wait_s = disk_reserve_bytes, disk_poll_s, disk_full_wait_s
     G = config.group_size
     result = TrainResult(
         step=run.start_step, output_dir=run.out_dir, checkpoint=run.resumed_from, skipped_steps=run.skipped_steps
@@ -650,6 +653,7 @@ class _Run:
     consecutive_nonfinite: int = 0
     disk_reserve_bytes: int = 0  # train()'s arguments: free space a checkpoint leaves; how often a full disk is checked
     disk_poll_s: float = 10.0
+    disk_full_wait_s: float | None = None
     world: World = field(default_factory=World)
     train_model: Any = None  # what the update runs forward through: the student, or its DDP wrapper
     sharded: bool = False  # strategy fsdp on several processes: the student's parameters are FSDP2 shards
@@ -1165,6 +1169,7 @@ def _checkpoint(
         reporter,
         step,
         run.disk_poll_s,
+        run.disk_full_wait_s,
         lambda: save_checkpoint(
             root,
             step,
@@ -1219,11 +1224,15 @@ class _ShardWriter:
                 # rank 0 saw the same failure: it waits for space and sends the next try (or `done`)
 
 
-def _save_when_space(reporter: Reporter, step: int, poll_s: float, save: Callable[[], Path]) -> Path | None:
+def _save_when_space(
+    reporter: Reporter, step: int, poll_s: float, wait_s: float | None, save: Callable[[], Path]
+) -> Path | None:
     """`save()`, waiting out a full disk: on `DiskFull` report `disk_full` once, then check the free space every
-    `poll_s` seconds (heartbeats keep the job alive) and save again once it suffices. A stop request while
-    waiting returns None: the run stops without this checkpoint, and the earlier ones are intact."""
+    `poll_s` seconds (heartbeats keep the job alive) and save again once it suffices; after `wait_s` seconds of
+    waiting (None: no limit) the `DiskFull` is raised, saying how long it waited. A stop request while waiting
+    returns None: the run stops without this checkpoint, and the earlier ones are intact."""
     reported = False
+    waiting_since = time.monotonic()
     while True:
         try:
             return save()
@@ -1234,5 +1243,9 @@ def _save_when_space(reporter: Reporter, step: int, poll_s: float, save: Callabl
             while shutil.disk_usage(full.path).free < full.needed:
                 if reporter.should_stop():
                     return None
+                waited = time.monotonic() - waiting_since
+                if wait_s is not None and waited >= wait_s:
+                    full.waited_s = waited
+                    raise full from None
                 reporter.heartbeat(step)
-                time.sleep(poll_s)
+                time.sleep(poll_s if wait_s is None else max(0.0, min(poll_s, wait_s - waited)))

@@ -97,10 +97,16 @@ class Settings(BaseSettings):
         ge=0,
         description="a checkpoint is written only if the result store keeps "
         "at least this much free beside it; otherwise the job waits (disk_full event) "
-        "until space is freed",
+        "until space is freed, for up to RLAD_DISK_FULL_WAIT_S",
     )
     disk_full_poll_s: float = Field(
         default=10.0, gt=0, description="how often a job waiting for disk space checks again"
+    )
+    disk_full_wait_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="how long a checkpoint waits for disk space before the job fails with error "
+        "code disk_full (its earlier checkpoints stay intact and downloadable); 0: fail at once",
     )
 
     # API

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlad_core.checkpoint import DiskFull
 from rlad_core.config import ConfigError, parse_config
 from rlad_core.distributed import close_world, peer_lost, world_size_from_env
 from rlad_core.models import TokenizerMismatch
@@ -43,6 +44,7 @@ ERROR_CODES: list[tuple[type[BaseException], str]] = [
     (FileNotFoundError, "not_found"),
     (NonFiniteError, "non_finite"),
     (MemoryError, "out_of_memory"),
+    (DiskFull, "disk_full"),
 ]
 
 
@@ -87,7 +89,8 @@ def run(job_id: str, attempt: int) -> int:
             resume_from="auto",
             disk_reserve_bytes=settings.disk_reserve_bytes,
             disk_poll_s=settings.disk_full_poll_s,
-        )  # a full result store pauses the job (disk_full)
+            disk_full_wait_s=settings.disk_full_wait_s,
+        )  # a full result store pauses the job (disk_full), then fails it (error code disk_full)
     except BaseException as exc:
         reporter.close()
         close_world(together=False)

@@ -142,3 +142,52 @@ def test_a_job_waiting_for_disk_space_can_be_cancelled(service_env, micro_models
     kinds = [k for k, _ in _events(job_id)]
     assert kinds.count("disk_full") == 1 and "checkpoint_saved" not in kinds and "failed" not in kinds
     assert kinds[-1] == "cancelled"
+
+
+def test_a_disk_that_stays_full_fails_the_job_and_the_earlier_checkpoint_stays_downloadable(
+    service_env, micro_models, small_disk, fill_disk, monkeypatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from store.teams import create_api_key
+
+    disk = small_disk(16 << 20)
+    monkeypatch.setenv("RLAD_RESULT_ROOT", str(disk / "results"))
+    monkeypatch.setenv("RLAD_DISK_FULL_POLL_S", "0.1")
+    monkeypatch.setenv("RLAD_DISK_FULL_WAIT_S", "1")
+    reset_caches()
+    record = JobReporter.checkpoint
+
+    def checkpoint_then_fill(self, step, path, metrics):
+        record(self, step, path, metrics)
+        if step == 1:
+            fill_disk(disk)  # and never freed
+
+    monkeypatch.setattr(JobReporter, "checkpoint", checkpoint_then_fill)
+    team_id, job_id, attempt = _submit_and_claim(tiny_spec(micro_models, steps=3, checkpoint_every=1, eval_every=0))
+    t0 = time.monotonic()
+    rc = _run_trainer_process(job_id, attempt)
+    took = time.monotonic() - t0
+
+    with session_scope() as s:
+        job = job_store.get_job(s, team_id=None, job_id=job_id)
+        assert (rc, job.status, job.error_code) == (1, S.failed, "disk_full")
+        assert job.error_message.startswith("DiskFull: disk full: ") and "waited 1 s for space" in job.error_message
+        key = create_api_key(s, team_name="red")
+    events = _events(job_id)
+    kinds = [k for k, _ in events]
+    assert kinds.count("disk_full") == 1 and kinds[-1] == "failed"
+    (failed,) = [d for k, d in events if k == "failed"]
+    assert failed["code"] == "disk_full" and str(disk / "results") in failed["message"]
+    # step 1 is the job's checkpoint, whole; step 2 left nothing behind
+    job_dir_ckpts = disk / "results" / "jobs" / job_id / "checkpoints"
+    assert sorted(p.name for p in job_dir_ckpts.iterdir()) == ["step-1"]
+    ck.verify_checkpoint(job_dir_ckpts / "step-1")
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        h = {"Authorization": f"Bearer {key}"}
+        listed = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=h).json()["items"]
+        assert [c["step"] for c in listed] == [1]
+        r = client.get(f"/v1/jobs/{job_id}/checkpoints/1/download", headers=h, params={"part": "model"})
+        assert r.status_code == 200 and len(r.content) > 10_000
+    print(f"\ndisk stayed full: the job failed (disk_full) {took:.1f} s after its trainer started; step 1 intact")
