@@ -12,6 +12,7 @@ from celery import Celery
 from store.settings import Settings, get_settings
 
 RUN_JOB = "rlad.run_job"
+KEPT_MARK = "rlad:broker-kept"  # a key the reaper keeps in a Redis broker: gone means the queues were lost too
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -41,3 +42,20 @@ def dispatch_job(job_id: str, queue: str, copies: int = 1) -> None:
     workers: `store.gangs`)."""
     for _ in range(copies):
         _sender().send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+def broker_forgot(settings: Settings | None = None) -> bool:
+    """True, once, when the broker has lost what it held since the last call: a Redis broker restarted without
+    persistence (or flushed) forgets its queued messages together with the mark this sets; the caller then
+    sends every queued job again. Always False for a broker that keeps messages on disk (the embedded
+    filesystem broker) and while the broker cannot be reached (the next call asks again)."""
+    url = (settings or get_settings()).resolved_broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as r:
+            return bool(r.set(KEPT_MARK, "1", nx=True))  # set only where it was missing
+    except redis.RedisError:
+        return False

@@ -18,7 +18,7 @@ from rlad_core.config import ConfigError, parse_config
 from store import gangs, refs, states, usage, webhooks
 from store import workers as worker_store
 from store.errors import IdempotencyConflict, InvalidSpec, NotFound, QuotaExceeded
-from store.models import EventKind, Job, JobEvent, JobStatus, utcnow
+from store.models import EventKind, Job, JobEvent, JobStatus, NodeClaim, utcnow
 from store.settings import get_settings
 
 S = JobStatus
@@ -463,12 +463,50 @@ def release_job(session: Session, *, job_id: str, attempt: int, reason: str) -> 
     return job
 
 
+def _lose(session: Session, job: Job, reason: str, now: datetime) -> None:
+    """An active attempt whose worker is gone: lost (the reaper queues it again), or, when its owner had asked
+    to stop it, what they asked for."""
+    age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
+    if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
+        states.transition(session, job, S.cancelled, reason="worker lost while cancelling", heartbeat_age_s=age)
+    elif job.status == S.pausing:  # paused, as asked: a resume continues from the last checkpoint
+        states.transition(session, job, S.paused, reason="worker lost while pausing", heartbeat_age_s=age)
+    else:
+        states.transition(session, job, S.lost, reason=reason, heartbeat_age_s=age, worker=job.worker)
+
+
+def worker_restarted(session: Session, *, worker: str) -> list[str]:
+    """A worker node that starts holds no job yet: the active attempts the database gives its name (the job's
+    worker, or a seat of a job on several nodes) belonged to its previous life, which ended without saying so
+    (kill -9, a crashed host, the whole `rlad up` tree killed). They are lost now, not after the heartbeat
+    timeout; the reaper's next pass queues them again. Worker names must be unique, as Celery requires.
+    Returns the ids of the jobs lost (or cancelled / paused as their owners asked)."""
+    now = utcnow()
+    seated = select(NodeClaim.job_id).where(
+        NodeClaim.job_id == Job.id, NodeClaim.attempt == Job.attempt, NodeClaim.worker == worker
+    )
+    held = session.scalars(
+        select(Job)
+        .where(Job.status.in_(states.ACTIVE), (Job.worker == worker) | seated.exists())
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in held:
+        _lose(session, job, "its worker restarted", now)
+    return [job.id for job in held]
+
+
 def reap(
-    session: Session, *, heartbeat_timeout_s: float, redispatch_after_s: float = 600.0, now: datetime | None = None
+    session: Session,
+    *,
+    heartbeat_timeout_s: float,
+    redispatch_after_s: float = 600.0,
+    broker_forgot: bool = False,
+    now: datetime | None = None,
 ) -> list[Job]:
     """Active jobs with a stale heartbeat -> lost; lost jobs -> queued again (the next attempt resumes from
     the last checkpoint) while attempts remain, else failed; queued jobs not claimed `redispatch_after_s`
-    after their dispatch are sent again. Returns the jobs to dispatch."""
+    after their dispatch are sent again, and every queued job when the broker lost its messages
+    (`broker_forgot`). Returns the jobs to dispatch."""
     now = now or utcnow()
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
     # a job on several nodes is stale too when one node stopped stamping its seat (store.gangs)
@@ -479,14 +517,8 @@ def reap(
         .with_for_update(skip_locked=True)
     )
     for job in stale:
-        age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
         reason = "heartbeat is stale" if job.id not in lost_node else "a node's seat heartbeat is stale"
-        if job.status == S.cancelling:  # nobody will resume a job its owner cancelled
-            states.transition(session, job, S.cancelled, reason="worker lost while cancelling", heartbeat_age_s=age)
-        elif job.status == S.pausing:  # paused, as asked: a resume continues from the last checkpoint
-            states.transition(session, job, S.paused, reason="worker lost while pausing", heartbeat_age_s=age)
-        else:
-            states.transition(session, job, S.lost, reason=reason, heartbeat_age_s=age, worker=job.worker)
+        _lose(session, job, reason, now)
     session.flush()
     requeued = []
     for job in session.scalars(select(Job).where(Job.status == S.lost).with_for_update(skip_locked=True)):
@@ -501,10 +533,11 @@ def reap(
             job.error_message = f"the job was lost {losses} times (max_attempts={job.max_attempts})"
             states.transition(session, job, S.failed, code=job.error_code, message=job.error_message)
     # a queued job whose message never arrived (broker down at submit, a broker restart) is sent again
-    undelivered_before = now - timedelta(seconds=redispatch_after_s)
+    requeued_ids = [job.id for job in requeued]
+    undelivered_before = now + timedelta(seconds=1) if broker_forgot else now - timedelta(seconds=redispatch_after_s)
     for job in session.scalars(
         select(Job)
-        .where(Job.status == S.queued, Job.dispatched_at < undelivered_before)
+        .where(Job.status == S.queued, Job.dispatched_at < undelivered_before, Job.id.not_in(requeued_ids))
         .with_for_update(skip_locked=True)
     ):
         job.dispatched_at = now

@@ -22,6 +22,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from store import jobs as job_store
 from store import workers as worker_store
 from store.db import after_fork, session_scope
 from store.dispatch import broker_options
@@ -72,7 +73,23 @@ def _remember_node(sender: str, instance: Any, **_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(**_: Any) -> None:
     if "name" in _node:
+        _forget_previous_life(_node["name"])
         threading.Thread(target=_beat, name="rlad-worker-heartbeat", daemon=True).start()
+
+
+def _forget_previous_life(name: str) -> None:
+    """Jobs the database says this node runs were its previous process's (`store.jobs.worker_restarted`): lost
+    now, and the reaper asked to queue them again."""
+    try:
+        with session_scope() as s:
+            lost = job_store.worker_restarted(s, worker=name)
+    except Exception:  # the database is away: the reaper finds them by their stale heartbeats instead
+        log.warning("could not check for jobs of %s's previous run", name, exc_info=True)
+        return
+    for job_id in lost:
+        log.warning("job %s: held by this worker's previous run, which ended without releasing it", job_id)
+    if lost:
+        app.send_task(REAP)  # queued again now, not at the reaper's next scheduled pass
 
 
 def cuda_devices() -> int:

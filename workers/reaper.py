@@ -1,5 +1,6 @@
 """The reaper, run by beat on the cpu queue: stale heartbeats -> lost; lost -> queued (dispatched again,
-resuming) or failed; undelivered jobs sent again. The rules are `store.jobs.reap`'s; this task sends the ids."""
+resuming) or failed; undelivered jobs sent again, and every queued job when the broker lost its queues. The
+rules are `store.jobs.reap`'s; this task sends the ids."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from celery import shared_task
 
 from store.db import session_scope
-from store.dispatch import dispatch_job
+from store.dispatch import broker_forgot, dispatch_job
 from store.gangs import job_resources
 from store.jobs import reap as reap_jobs
 from store.settings import get_settings
@@ -21,14 +22,18 @@ log = logging.getLogger("rlad.worker")
 @shared_task(name=REAP)
 def reap() -> int:
     """Returns how many jobs were dispatched."""
+    settings = get_settings()
+    forgot = broker_forgot(settings)
+    if forgot:
+        log.warning("the broker lost its queues (a restart without persistence?): every queued job is sent again")
     with session_scope() as session:
-        settings = get_settings()
         requeued = [
             (j.id, j.queue, job_resources(j.spec_resolved)[0])
             for j in reap_jobs(
                 session,
                 heartbeat_timeout_s=settings.heartbeat_timeout_s,
                 redispatch_after_s=settings.redispatch_after_s,
+                broker_forgot=forgot,
             )
         ]
     for job_id, queue, nodes in requeued:

@@ -67,13 +67,19 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
+    """A redis-server without persistence (as the shared one runs): a restart forgets every queued message."""
+
     def __init__(self) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not installed")
+        self.exe = exe
         self.port = free_port()
+        self.start()
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(
-            [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )
         import redis
@@ -95,6 +101,11 @@ class PrivateRedis:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+    def restart(self, down_s: float) -> None:
+        self.close()
+        time.sleep(down_s)
+        self.start()
 
 
 @pytest.fixture(scope="module")

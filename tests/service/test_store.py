@@ -111,6 +111,29 @@ def test_a_job_lost_while_cancelling_ends_cancelled_not_requeued(job_id: str) ->
     assert _status(job_id) == S.cancelled
 
 
+def test_a_restarted_worker_loses_the_attempts_of_its_previous_run_at_once(job_id: str) -> None:
+    with session_scope() as s:
+        team = get_or_create_team(s, name="red")
+        other, _ = job_store.submit_job(s, team_id=team.id, spec=SPEC)
+        cancelling, _ = job_store.submit_job(s, team_id=team.id, spec=SPEC)
+        other_id, cancelling_id = other.id, cancelling.id
+    for jid, worker in ((job_id, "gpu@a"), (other_id, "gpu2@a"), (cancelling_id, "gpu@a")):
+        with session_scope() as s:
+            job_store.claim_job(s, job_id=jid, worker=worker)
+            job_store.mark_running(s, job_id=jid, resumed_from_step=None)
+    with session_scope() as s:
+        job_store.request_cancel(s, team_id=team.id, job_id=cancelling_id)
+    with session_scope() as s:  # heartbeats are fresh: only the name tells
+        assert sorted(job_store.worker_restarted(s, worker="gpu@a")) == sorted([job_id, cancelling_id])
+    assert (_status(job_id), _status(other_id), _status(cancelling_id)) == (S.lost, S.running, S.cancelled)
+    with session_scope() as s:
+        lost = s.query(JobEvent).filter_by(job_id=job_id, kind="lost").one()
+        assert lost.data["reason"] == "its worker restarted" and lost.data["worker"] == "gpu@a"
+        assert [j.id for j in job_store.reap(s, heartbeat_timeout_s=60)] == [job_id]  # queued again, attempt 2
+    with session_scope() as s:  # once
+        assert job_store.worker_restarted(s, worker="gpu@a") == []
+
+
 def test_reaper_sends_a_long_queued_job_again(job_id: str) -> None:
     with session_scope() as s:
         assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
@@ -120,6 +143,32 @@ def test_reaper_sends_a_long_queued_job_again(job_id: str) -> None:
     with session_scope() as s:  # once: its dispatch time moved on
         assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
     assert _status(job_id) == S.queued
+
+
+def test_when_the_broker_forgot_its_queues_the_reaper_sends_every_queued_job_again(job_id: str) -> None:
+    with session_scope() as s:  # just dispatched: not due by the undelivered rule
+        assert job_store.reap(s, heartbeat_timeout_s=60, redispatch_after_s=300) == []
+    with session_scope() as s:
+        assert [j.id for j in job_store.reap(s, heartbeat_timeout_s=60, broker_forgot=True)] == [job_id]
+    assert _status(job_id) == S.queued
+
+
+def test_broker_forgot_is_true_once_per_loss_of_the_brokers_data() -> None:
+    import redis
+
+    from store.dispatch import KEPT_MARK, broker_forgot
+    from store.settings import Settings
+    from tests.service.conftest import REDIS
+
+    on_redis = Settings(broker_url=REDIS)
+    with redis.Redis.from_url(REDIS) as r:
+        r.delete(KEPT_MARK)  # as after a restart without persistence
+        assert [broker_forgot(on_redis), broker_forgot(on_redis)] == [True, False]
+        r.flushdb()
+        assert broker_forgot(on_redis)
+        r.delete(KEPT_MARK)
+    assert not broker_forgot(Settings(broker_url="redis://127.0.0.1:1/0"))  # unreachable: asked again next time
+    assert not broker_forgot(Settings(broker_url=None))  # the filesystem broker keeps its messages on disk
 
 
 def test_a_released_attempt_is_requeued_at_once_and_does_not_count_as_lost(job_id: str) -> None:
