@@ -237,6 +237,16 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [step_dir(root, step) for step in list_steps(root)]
 
 
+def remove_temporaries(root: str | Path) -> list[Path]:
+    """Delete the temporary directories under `root` that a writer left when it was killed mid-checkpoint
+    (`.tmp-step-<n>-<hex>`); call it only while nothing writes there (before a run starts). Returns them."""
+    root = Path(root)
+    found = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return found
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None

@@ -169,6 +169,33 @@ def record_checkpoint(
     )
 
 
+def adopt_checkpoints(session: Session, store: ResultStore, *, job_id: str, total_steps: int) -> list[int]:
+    """Rows for the job's complete checkpoints on disk that have none: an attempt killed between publishing a
+    checkpoint (the rename) and recording it leaves one, and the next attempt resumes from it. The manifest is
+    written last, so a published directory is whole. Returns the steps adopted."""
+    root = store.job_dir(job_id) / "checkpoints"
+    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)))
+    adopted = []
+    for step in list_steps(root):
+        if step in known:
+            continue
+        path = root / f"step-{step}"
+        facts = describe_checkpoint(store, path)
+        manifest = json.loads((path / MANIFEST).read_text())
+        record_checkpoint(
+            session,
+            job_id=job_id,
+            step=step,
+            kind="final" if step == total_steps else "periodic",
+            location=facts.location,
+            bytes=facts.bytes,
+            sha256=facts.sha256,
+            metrics=dict(manifest.get("metrics") or {}),
+        )
+        adopted.append(step)
+    return adopted
+
+
 def forget_checkpoints(session: Session, *, job_id: str, keep: frozenset[int] | set[int]) -> None:
     """Drop the rows of checkpoints the trainer pruned (keep_checkpoints): every step not in `keep`."""
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step.not_in(keep)))

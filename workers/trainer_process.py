@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlad_core.checkpoint import DiskFull
+from rlad_core.checkpoint import DiskFull, remove_temporaries
 from rlad_core.config import ConfigError, parse_config
 from rlad_core.distributed import close_world, peer_lost, world_size_from_env
 from rlad_core.models import TokenizerMismatch
@@ -73,6 +73,9 @@ def run(job_id: str, attempt: int) -> int:
     team_id = job.team_id
     spec["output_dir"] = str(store.job_dir(job_id))
 
+    if rank == 0:
+        _adopt_leftovers(job_id, store, int(spec["steps"]))
+
     reporter: JobReporter | RankReporter
     if rank == 0:
         reporter = JobReporter(job_id, attempt, spec["steps"], store, flush_s=settings.metrics_flush_s)
@@ -126,6 +129,22 @@ def _status(job_id: str) -> S:
             return job_store.status_of(s, job_id=job_id)
 
     return retry_unavailable(read, what=f"job {job_id}: status")
+
+
+def _adopt_leftovers(job_id: str, store: ResultStore, total_steps: int) -> None:
+    """What an earlier attempt killed mid-checkpoint left in the job's folder: its temporary directory is
+    removed, and a checkpoint it published but did not record gets its row (this attempt resumes from it)."""
+    for tmp in remove_temporaries(store.job_dir(job_id) / "checkpoints"):
+        log.warning("job %s: removed %s, left by an attempt killed while writing it", job_id, tmp.name)
+
+    def adopt() -> list[int]:
+        with session_scope() as s:
+            return results.adopt_checkpoints(s, store, job_id=job_id, total_steps=total_steps)
+
+    for step in retry_unavailable(adopt, what=f"job {job_id}: adopt checkpoints"):
+        log.warning(
+            "job %s: recorded checkpoint step %d, published by an attempt killed before recording it", job_id, step
+        )
 
 
 def _finish(job_id: str, attempt: int, outcome: S, **data: Any) -> None:

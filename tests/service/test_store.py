@@ -242,3 +242,39 @@ def test_a_backlog_of_50_queued_jobs_is_resent_at_most_once_per_threshold(servic
     assert set(sent.values()) == {2}
     with session_scope() as s:
         assert all(s.get(Job, i).dispatched_at > start + timedelta(seconds=600) for i in ids)  # recorded
+
+
+def test_an_attempt_killed_mid_checkpoint_leaves_nothing_the_next_one_does_not_tidy(job_id: str) -> None:
+    """What the next attempt's trainer process does first (workers.trainer_process._adopt_leftovers): the
+    temporary directory of the write the kill cut short goes, a checkpoint published but not recorded gets
+    its row (the attempt resumes from it), a recorded one is left as it is."""
+    import json
+
+    from rlad_core.checkpoint import remove_temporaries
+    from store.results import adopt_checkpoints, get_result_store, list_checkpoints, record_checkpoint
+    from store.settings import get_settings
+
+    store = get_result_store(get_settings().resolved_result_root)
+    root = store.job_dir(job_id) / "checkpoints"
+    for step in (5, 10):
+        (root / f"step-{step}").mkdir(parents=True)
+        (root / f"step-{step}" / "model.safetensors").write_bytes(b"x" * 100)
+        (root / f"step-{step}" / "manifest.json").write_text(json.dumps({"step": step, "metrics": {"loss": 0.5}}))
+    (root / ".tmp-step-15-0a1b2c3d").mkdir()
+    (root / ".tmp-step-15-0a1b2c3d" / "model.safetensors").write_bytes(b"half")
+    with session_scope() as s:
+        record_checkpoint(
+            s, job_id=job_id, step=5, kind="periodic", location=store.checkpoint_location(job_id, 5), bytes=1,
+            sha256="0" * 64, metrics={},
+        )  # fmt: skip
+
+    assert [p.name for p in remove_temporaries(root)] == [".tmp-step-15-0a1b2c3d"]
+    with session_scope() as s:
+        assert adopt_checkpoints(s, store, job_id=job_id, total_steps=10) == [10]
+    with session_scope() as s:
+        rows = {c.step: c for c in list_checkpoints(s, job_id=job_id)}
+        assert sorted(rows) == [5, 10] and rows[5].sha256 == "0" * 64  # the recorded one untouched
+        assert (rows[10].kind, rows[10].bytes, rows[10].metrics) == ("final", 100 + len(
+            (root / "step-10" / "manifest.json").read_bytes()), {"loss": 0.5})  # fmt: skip
+        assert adopt_checkpoints(s, store, job_id=job_id, total_steps=10) == []
+    assert sorted(p.name for p in root.iterdir()) == ["step-10", "step-5"]
