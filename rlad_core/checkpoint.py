@@ -238,10 +238,11 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def remove_temporaries(root: str | Path) -> list[Path]:
-    """Delete the temporary directories under `root` that a writer left when it was killed mid-checkpoint
-    (`.tmp-step-<n>-<hex>`); call it only while nothing writes there (before a run starts). Returns them."""
+    """Delete the directories under `root` that a writer left when it was killed mid-checkpoint: the one it was
+    writing (`.tmp-step-<n>-<hex>`) and one it had moved aside to replace (`.old-step-<n>-<hex>`,
+    `layout.replace_dir`); call it only while nothing writes there (before a run starts). Returns them."""
     root = Path(root)
-    found = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+    found = sorted(p for p in [*root.glob(".tmp-*"), *root.glob(".old-*")] if p.is_dir()) if root.is_dir() else []
     for p in found:
         shutil.rmtree(p, ignore_errors=True)
     return found

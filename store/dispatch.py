@@ -44,18 +44,35 @@ def dispatch_job(job_id: str, queue: str, copies: int = 1) -> None:
         _sender().send_task(RUN_JOB, args=[job_id], queue=queue)
 
 
-def broker_forgot(settings: Settings | None = None) -> bool:
-    """True, once, when the broker has lost what it held since the last call: a Redis broker restarted without
-    persistence (or flushed) forgets its queued messages together with the mark this sets; the caller then
-    sends every queued job again. Always False for a broker that keeps messages on disk (the embedded
-    filesystem broker) and while the broker cannot be reached (the next call asks again)."""
+def _redis_broker(settings: Settings | None) -> str | None:
     url = (settings or get_settings()).resolved_broker_url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    return url if url.startswith(("redis://", "rediss://", "unix://")) else None
+
+
+def broker_forgot(settings: Settings | None = None) -> bool:
+    """True when the broker has lost what it held: a Redis broker restarted without persistence (or flushed)
+    forgets its queued messages together with the mark `broker_kept` sets; the caller then sends every queued
+    job again and calls `broker_kept` once they are sent (a pass that fails before that finds the mark still
+    missing next time). Always False for a broker that keeps messages on disk (the embedded filesystem broker)
+    and while the broker cannot be reached."""
+    url = _redis_broker(settings)
+    if url is None:
         return False
     import redis
 
     try:
         with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as r:
-            return bool(r.set(KEPT_MARK, "1", nx=True))  # set only where it was missing
+            return not r.exists(KEPT_MARK)
     except redis.RedisError:
         return False
+
+
+def broker_kept(settings: Settings | None = None) -> None:
+    """Set the mark `broker_forgot` looks for."""
+    url = _redis_broker(settings)
+    if url is None:
+        return
+    import redis
+
+    with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as r:
+        r.set(KEPT_MARK, "1")

@@ -9,7 +9,7 @@ import logging
 from celery import shared_task
 
 from store.db import session_scope
-from store.dispatch import broker_forgot, dispatch_job
+from store.dispatch import broker_forgot, broker_kept, dispatch_job
 from store.gangs import job_resources
 from store.jobs import reap as reap_jobs
 from store.settings import get_settings
@@ -39,4 +39,6 @@ def reap() -> int:
     for job_id, queue, nodes in requeued:
         log.info("job %s: dispatched again (lost, or its message never reached a worker)", job_id)
         dispatch_job(job_id, queue, copies=nodes)
+    if forgot:
+        broker_kept(settings)  # only now: a pass that failed before this sends them all again
     return len(requeued)

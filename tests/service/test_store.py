@@ -153,17 +153,19 @@ def test_when_the_broker_forgot_its_queues_the_reaper_sends_every_queued_job_aga
     assert _status(job_id) == S.queued
 
 
-def test_broker_forgot_is_true_once_per_loss_of_the_brokers_data() -> None:
+def test_broker_forgot_is_true_from_a_loss_of_the_brokers_data_until_the_resend_is_done() -> None:
     import redis
 
-    from store.dispatch import KEPT_MARK, broker_forgot
+    from store.dispatch import KEPT_MARK, broker_forgot, broker_kept
     from store.settings import Settings
     from tests.service.conftest import REDIS
 
     on_redis = Settings(broker_url=REDIS)
     with redis.Redis.from_url(REDIS) as r:
         r.delete(KEPT_MARK)  # as after a restart without persistence
-        assert [broker_forgot(on_redis), broker_forgot(on_redis)] == [True, False]
+        assert [broker_forgot(on_redis), broker_forgot(on_redis)] == [True, True]  # until the resend is done
+        broker_kept(on_redis)
+        assert not broker_forgot(on_redis)
         r.flushdb()
         assert broker_forgot(on_redis)
         r.delete(KEPT_MARK)
@@ -262,13 +264,14 @@ def test_an_attempt_killed_mid_checkpoint_leaves_nothing_the_next_one_does_not_t
         (root / f"step-{step}" / "manifest.json").write_text(json.dumps({"step": step, "metrics": {"loss": 0.5}}))
     (root / ".tmp-step-15-0a1b2c3d").mkdir()
     (root / ".tmp-step-15-0a1b2c3d" / "model.safetensors").write_bytes(b"half")
+    (root / ".old-step-10-4e5f6a7b").mkdir()  # a replaced step-10, moved aside when the kill came
     with session_scope() as s:
         record_checkpoint(
             s, job_id=job_id, step=5, kind="periodic", location=store.checkpoint_location(job_id, 5), bytes=1,
             sha256="0" * 64, metrics={},
         )  # fmt: skip
 
-    assert [p.name for p in remove_temporaries(root)] == [".tmp-step-15-0a1b2c3d"]
+    assert [p.name for p in remove_temporaries(root)] == [".old-step-10-4e5f6a7b", ".tmp-step-15-0a1b2c3d"]
     with session_scope() as s:
         assert adopt_checkpoints(s, store, job_id=job_id, total_steps=10) == [10]
     with session_scope() as s:
