@@ -62,7 +62,8 @@ def test_a_database_outage_costs_a_running_job_nothing(
         f"drill: {OUTAGE_S:.0f} s outage at step {before['steps_done']}; {time.monotonic() - back_at:.1f} s after "
         f"the restart the job reported step {after['steps_done']} (attempt {after['attempt']})"
     )
-    assert after["attempt"] == 1 and after["status"] == "running"
+    # (a fast machine trains the rest during the outage: then it is already done)
+    assert after["attempt"] == 1 and after["status"] in ("running", "succeeded")
     done = wait_for(http, job["id"], lambda j: j["status"] == "succeeded")
     assert done["attempt"] == 1 and done["steps_done"] == steps
     kinds = event_kinds(http, job["id"])
