@@ -32,6 +32,7 @@ class Tally:
     latencies_s: list[float] = field(default_factory=list)
     slow: dict[int, int] = field(default_factory=dict)  # second of the run -> polls slower than 100 ms
     errors: list[str] = field(default_factory=list)
+    transport_errors: list[str] = field(default_factory=list)  # a poll's connection failed (no answer at all)
     stream_events: list[int] = field(default_factory=list)
     duration: float = 0.0
 
@@ -45,6 +46,8 @@ async def _poller(client: httpx.AsyncClient, url: str, key: str, interval: float
             r = await client.get(url, headers=headers)
             if r.status_code != 200:
                 t.errors.append(f"GET {url}: {r.status_code} {r.text[:200]}")
+        except httpx.TransportError as exc:
+            t.transport_errors.append(f"GET {url}: {type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             t.errors.append(f"GET {url}: {type(exc).__name__}: {exc}")
         took = time.perf_counter() - t0
@@ -108,6 +111,8 @@ async def run_load(
         "requests_per_s": round(len(lat_ms) / duration, 1),
         "errors": len(t.errors),
         "error_examples": t.errors[:5],
+        "transport_errors": len(t.transport_errors),
+        "transport_error_examples": t.transport_errors[:5],
         "p50_ms": round(_pct(lat_ms, 0.5), 2),
         "p99_ms": round(_pct(lat_ms, 0.99), 2),
         "max_ms": round(max(lat_ms, default=0.0), 2),
