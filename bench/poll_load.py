@@ -4,7 +4,9 @@ Each poller sends `GET /v1/jobs/{id}` every `--interval` seconds (a dashboard ti
 each stream holds `GET /v1/jobs/{id}/metrics/stream` open and reads its events. Keys are used round-robin, so
 the per-key rate limit applies as it would to that many users. Prints (and with --json writes) the requests,
 the errors (any status but 200, a failed connection, a stream that ended early), latency percentiles of the
-polls, and the metric events each stream received.
+polls, and the metric events each stream received. A poll whose kept-alive connection closes unanswered is sent
+once more on a new connection (as browsers and the rlad client do with reads) and counted as `resent`; it is an
+error only if that one gets no answer either.
 
     python bench/poll_load.py --base-url http://127.0.0.1:8321 --job JOB_ID --key KEY [--key KEY2 ...] \\
         --pollers 200 --streams 20 --interval 1 --duration 60
@@ -26,13 +28,16 @@ from pathlib import Path
 
 import httpx
 
+LOST_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
 
 @dataclass
 class Tally:
     latencies_s: list[float] = field(default_factory=list)
     slow: dict[int, int] = field(default_factory=dict)  # second of the run -> polls slower than 100 ms
     errors: list[str] = field(default_factory=list)
-    transport_errors: list[str] = field(default_factory=list)  # a poll's connection failed (no answer at all)
+    transport_errors: list[str] = field(default_factory=list)  # a poll got no answer, sent again too
+    resent: list[str] = field(default_factory=list)  # a kept-alive connection closed unanswered: sent again
     stream_events: list[int] = field(default_factory=list)
     duration: float = 0.0
 
@@ -43,7 +48,11 @@ async def _poller(client: httpx.AsyncClient, url: str, key: str, interval: float
     while time.monotonic() < until:
         t0 = time.perf_counter()
         try:
-            r = await client.get(url, headers=headers)
+            try:
+                r = await client.get(url, headers=headers)
+            except LOST_CONNECTION as exc:  # sent once more on a new connection, as browsers and the rlad client do
+                t.resent.append(f"GET {url}: {type(exc).__name__}: {exc}")
+                r = await client.get(url, headers=headers)
             if r.status_code != 200:
                 t.errors.append(f"GET {url}: {r.status_code} {r.text[:200]}")
         except httpx.TransportError as exc:
@@ -113,6 +122,8 @@ async def run_load(
         "error_examples": t.errors[:5],
         "transport_errors": len(t.transport_errors),
         "transport_error_examples": t.transport_errors[:5],
+        "resent": len(t.resent),
+        "resent_examples": t.resent[:5],
         "p50_ms": round(_pct(lat_ms, 0.5), 2),
         "p99_ms": round(_pct(lat_ms, 0.99), 2),
         "max_ms": round(max(lat_ms, default=0.0), 2),

@@ -33,6 +33,10 @@ KEY_FILE = "api_key"  # what `rlad up` (rlad.service.LocalService) writes into t
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # `lost` is re-queued, not final
 CHUNK = 1 << 20
 RATE_LIMIT_RETRIES = 5  # a 429 for the key's request rate is waited out (Retry-After) this many times
+# A request on a kept-alive connection that the server or a proxy closed at that moment gets no answer; a
+# request that changes nothing is sent once more on a new connection, as browsers do (RFC 9112, 9.3.1).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+LOST_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 RETRY_STATUSES = frozenset({502, 503, 504})  # the service or its database is restarting: the same request may pass
 
 JobDict = dict[str, Any]
@@ -175,7 +179,12 @@ class Client:
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         for _ in range(RATE_LIMIT_RETRIES):
             try:
-                resp = self._http.request(method, path, **kw)
+                try:
+                    resp = self._http.request(method, path, **kw)
+                except LOST_CONNECTION:
+                    if method.upper() not in IDEMPOTENT:
+                        raise
+                    resp = self._http.request(method, path, **kw)
             except (httpx.TransportError, httpx.InvalidURL) as exc:
                 raise self._unreachable(exc) from None
             if not resp.is_error:

@@ -30,6 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Seconds an idle keep-alive connection stays open on the API: longer than clients and proxies keep an idle
+# connection (httpx 5 s, nginx and cloud load balancers 60 s), so that the client side always drops it first.
+# At uvicorn's default of 5 s, equal to httpx's, a client can reuse a connection just as the server's timer
+# closes it, and that request is lost (a reset, httpx ReadError).
+KEEPALIVE_S = 75
+
+
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
@@ -47,6 +54,8 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
         "uvloop",
         "--http",
         "httptools",
+        "--timeout-keep-alive",
+        str(KEEPALIVE_S),
         "--no-access-log",
     ]
 

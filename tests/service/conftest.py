@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from rlad.service import api_command
 from rlad_core.models import save_tiny_model
 
 if TYPE_CHECKING:
@@ -145,23 +145,11 @@ def client(service_env: dict[str, str]):
 
 @contextmanager
 def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[int]:
-    """`uvicorn api.app:create_app` in its own process (`workers` API processes) with `env` over ours; yields
-    its port."""
+    """The API as `rlad up` and the compose file run it (`rlad.service.api_command`: uvicorn, `workers` API
+    processes) in its own process with `env` over ours; yields its port."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
-        ],
+        [*api_command("127.0.0.1", port, workers), "--log-level", "warning"],
         env={**os.environ, **env},
     )
     try:

@@ -87,6 +87,34 @@ def test_an_unauthenticated_300mb_post_is_401_before_its_body_is_read(keys, serv
         assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
 
 
+def _read_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data  # closed
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(v) for k, v in (ln.split(b":", 1) for ln in head.split(b"\r\n")[1:]) if k.lower() == b"content-length"
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head
+
+
+def test_an_idle_kept_alive_connection_outlives_the_clients_idle_timeout(service_env) -> None:
+    """The API keeps an idle connection open longer than clients do (httpx drops one after 5 s): a client never
+    reuses a connection that the server is closing at that moment."""
+    with uvicorn_server(service_env) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request)
+        assert _read_answer(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6.0)  # past httpx's keep-alive expiry and uvicorn's default (5 s)
+        sock.sendall(request)
+        assert _read_answer(sock).startswith(b"HTTP/1.1 200"), "the server closed the idle connection"
+
+
 def test_an_authenticated_json_body_over_the_cap_is_413_and_stores_nothing(client, keys) -> None:
     big = {**SPEC, "name": "x" * (2 * 1024 * 1024)}
     r = submit(client, keys["red"], big)  # 2 MB, Content-Length given
