@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -22,6 +23,50 @@ from store.db import session_scope
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"])
 TAIL_POINTS = 2000  # a stream opened without a cursor starts with about this many newest points, not the history
+TAIL_SHARE_S = 1.0  # streams of a job opened within this many seconds of each other share one read of that tail
+MetricRow = tuple[str, int, float | None, float]  # key, step, value, time written
+
+
+def _format(rows: list[MetricRow], cursor: float) -> tuple[str, float]:
+    """Server-sent events for `rows` (one `metrics` event per step) and the cursor after them."""
+    by_step: dict[int, dict[str, float | None]] = {}
+    for key, step, value, t in rows:
+        by_step.setdefault(step, {})[key] = value
+        cursor = max(cursor, t)
+    text = "".join(
+        f"id: {cursor!r}\nevent: metrics\ndata: {json.dumps({'step': step, 'values': by_step[step]})}\n\n"
+        for step in sorted(by_step)
+    )
+    return text, cursor
+
+
+def _read_tail(job_id: str) -> tuple[str, float]:
+    with session_scope() as s:
+        start = metric_store.tail_cursor(s, job_id=job_id, points=TAIL_POINTS)
+        return _format(metric_store.metrics_after(s, job_id=job_id, after_time=start), start)
+
+
+_tails: dict[str, tuple[float, asyncio.Task[tuple[str, float]]]] = {}  # job id -> (read at, the read); this process
+
+
+async def _initial_tail(job_id: str) -> tuple[str, float]:
+    """The newest points of a job as events, and the cursor after them. A dashboard opened by many people (or
+    reopened) starts many streams at once: each reads and formats the same ~2,000 points, which on a busy API
+    process delays every other request; streams opened within TAIL_SHARE_S share one read instead. A stream
+    that joins a read up to TAIL_SHARE_S old gets the rest from its own first poll (the cursor is exact)."""
+    now = time.monotonic()
+    for key in [k for k, (at, _) in _tails.items() if now - at > TAIL_SHARE_S]:
+        del _tails[key]
+    shared = _tails.get(job_id)
+    if shared is None or shared[1].get_loop() is not asyncio.get_running_loop():
+        shared = _tails[job_id] = (now, asyncio.ensure_future(run_in_threadpool(_read_tail, job_id)))
+    read = shared[1]
+    try:
+        return await asyncio.shield(read)  # one stream going away does not cancel the others' read
+    except Exception:
+        if _tails.get(job_id) is shared:
+            del _tails[job_id]  # a failed read (the database away) is not shared with the next stream
+        raise
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses={**E401, **E404, **E422})
@@ -126,30 +171,30 @@ async def stream(
     `Last-Event-ID` (reconnects) resume exactly: every point written after that time."""
     job_id = job.id
     last_id = request.headers.get("last-event-id")
+    opening = ""  # events sent first: the shared initial tail of a stream opened without a cursor
     if last_id and last_id.replace(".", "", 1).isdigit():
         cursor = float(last_id)
     elif since is not None:
         cursor = since
     else:
-        cursor = await run_in_threadpool(metric_store.tail_cursor, session, job_id=job_id, points=TAIL_POINTS)
+        opening, cursor = await _initial_tail(job_id)
 
-    def poll(after: float) -> tuple[list[tuple[str, int, float | None, float]], bool, str]:
+    def poll(after: float) -> tuple[list[MetricRow], bool, str]:
         with session_scope() as s:
-            rows = metric_store.metrics_after(s, job_id=job_id, after_time=after)
+            # the status first: metrics are written before a job ends, so once it reads terminal every row is
+            # already visible to the read after it, and `terminal and no rows` means the stream has them all
             status = job_store.status_of(s, job_id=job_id)
+            rows = metric_store.metrics_after(s, job_id=job_id, after_time=after)
             return rows, states.is_terminal(status), status.value
 
     async def events() -> AsyncIterator[str]:
         nonlocal cursor
-        yield ": stream open\n\n"
+        yield ": stream open\n\n" + opening
         while True:
             rows, terminal, status = await run_in_threadpool(poll, cursor)
-            by_step: dict[int, dict[str, float | None]] = {}
-            for key, step, value, t in rows:
-                by_step.setdefault(step, {})[key] = value
-                cursor = max(cursor, t)
-            for step in sorted(by_step):
-                yield f"id: {cursor!r}\nevent: metrics\ndata: {json.dumps({'step': step, 'values': by_step[step]})}\n\n"
+            text, cursor = _format(rows, cursor)
+            if text:
+                yield text
             if terminal and not rows:
                 yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
                 return

@@ -393,6 +393,43 @@ def test_a_stream_without_a_cursor_starts_with_the_newest_points_and_a_cursor_re
     assert _stream_steps(client, base, {**h, "Last-Event-ID": "100.0"}) == list(range(51, 71))
 
 
+def test_streams_opened_together_share_one_read_of_the_initial_tail(client, keys, monkeypatch) -> None:
+    import asyncio
+
+    from api.routes import metrics as metric_routes
+    from store import metrics as metric_store
+    from store.db import session_scope
+
+    monkeypatch.setattr(metric_routes, "TAIL_POINTS", 5)
+    job = submit(client, keys["red"]).json()
+    with session_scope() as s:
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": 1.0}) for i in range(1, 51)], at=100.0)
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": 1.0}) for i in range(51, 61)], at=200.0)
+    reads: list[str] = []
+    read_tail = metric_routes._read_tail
+
+    def counted(job_id: str) -> tuple[str, float]:
+        reads.append(job_id)
+        return read_tail(job_id)
+
+    monkeypatch.setattr(metric_routes, "_read_tail", counted)
+
+    async def open_streams(n: int) -> list[tuple[str, float]]:
+        return await asyncio.gather(*(metric_routes._initial_tail(job["id"]) for _ in range(n)))
+
+    async def twenty_then_one_later() -> tuple[list[tuple[str, float]], tuple[str, float]]:
+        together = await open_streams(20)
+        await asyncio.sleep(metric_routes.TAIL_SHARE_S + 0.1)
+        return together, (await open_streams(1))[0]
+
+    together, later = asyncio.run(twenty_then_one_later())
+    assert reads == [job["id"], job["id"]]  # one read for the twenty, one for the stream opened later
+    text, cursor = together[0]
+    assert all(t == (text, cursor) for t in together) and later == (text, cursor) and cursor == 200.0
+    steps = [json.loads(line[6:])["step"] for line in text.splitlines() if line.startswith("data: ")]
+    assert steps == list(range(51, 61))  # the newest batch whole (5 points lie in it), not the history
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 8. Dashboard sessions
 # ---------------------------------------------------------------------------------------------------------
