@@ -177,6 +177,9 @@ async def stream(
     elif since is not None:
         cursor = since
     else:
+        # give the request's connection back first: streams opened together all wait on one read, which needs a
+        # connection of its own; had they kept theirs, as many streams as the pool holds would starve it
+        session.close()
         opening, cursor = await _initial_tail(job_id)
 
     def poll(after: float) -> tuple[list[MetricRow], bool, str]:

@@ -430,6 +430,44 @@ def test_streams_opened_together_share_one_read_of_the_initial_tail(client, keys
     assert steps == list(range(51, 61))  # the newest batch whole (5 points lie in it), not the history
 
 
+STREAMS_AT_ONCE = 60  # more than three times what a pool gives out (PostgreSQL 10 + 10 overflow, SQLite 5 + 10)
+
+
+def test_more_streams_opened_at_once_than_the_pool_has_connections_all_open(client, keys, service_env) -> None:
+    """A dashboard opened by many people: the streams wait on one shared read of the initial tail, and none
+    holds a database connection while it waits (had they kept theirs, the read would starve for a connection,
+    and every stream get 503 after the pool's timeout)."""
+    import asyncio
+
+    from store import metrics as metric_store
+    from store.db import session_scope
+
+    job = submit(client, keys["red"]).json()
+    with session_scope() as s:
+        metric_store.write_metrics(s, job_id=job["id"], rows=[(i, {"loss": 1.0}) for i in range(1, 31)], at=100.0)
+
+    async def open_one(http: httpx.AsyncClient) -> tuple[int, list[int]]:
+        async with http.stream("GET", f"/v1/jobs/{job['id']}/metrics/stream", headers=auth(keys["red"])) as r:
+            body = ""
+            if r.status_code == 200:
+                async for chunk in r.aiter_text():
+                    body += chunk
+                    if "data: " in body and body.endswith("\n\n"):
+                        break  # the opening events: the newest points (all 30 here)
+            steps = [json.loads(f.split("data: ", 1)[1])["step"] for f in body.split("\n\n") if "event: metrics" in f]
+            return r.status_code, steps
+
+    async def open_all(port: int) -> list[tuple[int, list[int]]]:
+        limits = httpx.Limits(max_connections=STREAMS_AT_ONCE)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as http:
+            return await asyncio.gather(*(open_one(http) for _ in range(STREAMS_AT_ONCE)))
+
+    with uvicorn_server(service_env) as port:
+        opened = asyncio.run(open_all(port))
+    assert [status for status, _ in opened] == [200] * STREAMS_AT_ONCE
+    assert all(steps == list(range(1, 31)) for _, steps in opened)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 8. Dashboard sessions
 # ---------------------------------------------------------------------------------------------------------
