@@ -363,11 +363,16 @@ def test_count_active_jobs_counts_queued_and_held_jobs_only(client, keys) -> Non
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _event_steps(body: str) -> list[int]:
+    """The steps of the `metrics` events in a stream's body."""
+    return [json.loads(f.split("data: ", 1)[1])["step"] for f in body.split("\n\n") if "event: metrics" in f]
+
+
 def _stream_steps(client, path: str, headers: dict[str, str]) -> list[int]:
     with client.stream("GET", path, headers=headers) as r:
         assert r.status_code == 200
         body = "".join(r.iter_text())
-    return [json.loads(f.split("data: ", 1)[1])["step"] for f in body.split("\n\n") if "event: metrics" in f]
+    return _event_steps(body)
 
 
 def test_a_stream_without_a_cursor_starts_with_the_newest_points_and_a_cursor_resumes_exactly(
@@ -454,8 +459,7 @@ def test_more_streams_opened_at_once_than_the_pool_has_connections_all_open(clie
                     body += chunk
                     if "data: " in body and body.endswith("\n\n"):
                         break  # the opening events: the newest points (all 30 here)
-            steps = [json.loads(f.split("data: ", 1)[1])["step"] for f in body.split("\n\n") if "event: metrics" in f]
-            return r.status_code, steps
+            return r.status_code, _event_steps(body)
 
     async def open_all(port: int) -> list[tuple[int, list[int]]]:
         limits = httpx.Limits(max_connections=STREAMS_AT_ONCE)
